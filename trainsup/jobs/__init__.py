@@ -1,0 +1,1 @@
+"""What a job is: its spec, its states and the store that keeps them."""
