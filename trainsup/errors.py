@@ -5,7 +5,8 @@
     ├── JobNotFoundError          no job matches an id or name
     ├── AmbiguousJobError         a name prefix matches several jobs
     ├── DaemonAlreadyRunningError another daemon holds the state dir
-    └── IllegalTransitionError    a job state change the state machine forbids
+    ├── IllegalTransitionError    a job state change the state machine forbids
+    └── ServiceError              the systemd service cannot be installed
 """
 
 
@@ -32,4 +33,8 @@ class DaemonAlreadyRunningError(TrainsupError):
 
 
 class IllegalTransitionError(TrainsupError):
+    pass
+
+
+class ServiceError(TrainsupError):
     pass

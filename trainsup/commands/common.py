@@ -1,0 +1,97 @@
+"""What every read-side command needs: the store, pending submissions, job lookup."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainsup.errors import AmbiguousJobError, JobNotFoundError
+from trainsup.jobs import inbox
+from trainsup.jobs.store import Store
+from trainsup.paths import StateDir
+
+
+@dataclass(frozen=True)
+class JobRef:
+    id: str
+    name: str
+    pending: bool  # still in the inbox: the daemon has not ingested it yet
+
+
+def open_store(state: StateDir) -> Store | None:
+    return Store.open_readonly(state.db)
+
+
+def pending_submissions(state: StateDir) -> list[dict]:
+    """Submissions in the inbox the daemon has not taken yet."""
+    found = []
+    for path in inbox.pending(state.inbox):
+        try:
+            request = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if request.get("kind") == "submit":
+            found.append(request)
+    return found
+
+
+def daemon_running(state: StateDir) -> bool:
+    """True if a daemon holds the state dir's lock."""
+    try:
+        fd = os.open(state.daemon_lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def resolve_job(state: StateDir, store: Store | None, key: str) -> JobRef:
+    """Find a job by id, id prefix, exact name (newest wins) or unique name prefix."""
+    candidates = _all_refs(state, store)
+    for match in (
+        [c for c in candidates if c.id == key],
+        [c for c in candidates if c.id.startswith(key)],
+        [c for c in candidates if c.name == key][-1:],
+        _unique_names([c for c in candidates if c.name.startswith(key)]),
+    ):
+        if len(match) == 1:
+            return match[0]
+        if len(match) > 1:
+            names = ", ".join(sorted({f"{c.name} ({c.id})" for c in match})[:5])
+            raise AmbiguousJobError(f"'{key}' matches several jobs: {names}; give more of the id or name.")
+    raise JobNotFoundError(f"no job matches '{key}'; see `trainsup status` for ids and names.")
+
+
+def _unique_names(refs: list[JobRef]) -> list[JobRef]:
+    by_name: dict[str, JobRef] = {}
+    for ref in refs:
+        by_name[ref.name] = ref  # newest job of a name wins
+    return list(by_name.values())
+
+
+def _all_refs(state: StateDir, store: Store | None) -> list[JobRef]:
+    refs = []
+    if store is not None:
+        refs += [JobRef(row["id"], row["name"], False) for row in store.job_summaries()]
+    known = {r.id for r in refs}
+    refs += [
+        JobRef(s["job_id"], s["spec"]["name"], True)
+        for s in pending_submissions(state)
+        if s["job_id"] not in known
+    ]
+    return refs
+
+
+def read_text_tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []

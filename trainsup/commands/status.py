@@ -1,0 +1,139 @@
+"""`trainsup status [JOB]`: the jobs, or one job and its attempts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from trainsup.commands.common import open_store, pending_submissions, resolve_job
+from trainsup.durable import read_json
+from trainsup.paths import StateDir
+from trainsup.units import format_duration
+
+
+def job_rows(state: StateDir) -> list[dict[str, Any]]:
+    """One dict per job, the newest last; jobs still in the inbox included."""
+    store = open_store(state)
+    rows = []
+    if store is not None:
+        for row in store.job_summaries():
+            rows.append(_summary(row))
+        store.close()
+    known = {r["id"] for r in rows}
+    for sub in pending_submissions(state):
+        if sub["job_id"] not in known:
+            rows.append({
+                "id": sub["job_id"], "name": sub["spec"]["name"], "state": "queued",
+                "pending_intake": True, "attempts": 0, "submitted_at": sub["submitted_at"],
+                "state_since": sub["submitted_at"], "pid": None, "last_reason": None,
+                "runtime_s": None, "result": None, "batch": None, "progress": None,
+            })
+    return rows
+
+
+def _summary(row) -> dict[str, Any]:
+    live = row["attempt_started"] is not None and row["attempt_ended"] is None
+    now = time.time()
+    runtime = None
+    if row["attempt_started"] is not None:
+        runtime = (now if live else row["attempt_ended"]) - row["attempt_started"]
+    return {
+        "id": row["id"], "name": row["name"], "state": row["state"], "pending_intake": False,
+        "attempts": row["attempts"], "submitted_at": row["submitted_at"],
+        "state_since": row["state_since"], "pid": row["job_pid"] if live else None,
+        "last_reason": row["last_reason"], "runtime_s": runtime, "result": row["result"],
+        "batch": json.loads(row["batch_json"]) if row["batch_json"] else None,
+        "next_start_at": row["next_start_at"],
+        "progress": _progress(row["run_dir"]) if live else None,
+    }
+
+
+def _progress(run_dir: str | None) -> dict | None:
+    """The newest heartbeat of the running attempt, if the job sends them."""
+    if not run_dir:
+        return None
+    from pathlib import Path
+
+    beats = [read_json(p) for p in Path(run_dir, "heartbeat").glob("rank-*.json")]
+    beats = [b for b in beats if isinstance(b, dict)]
+    return max(beats, key=lambda b: b.get("time", 0), default=None)
+
+
+def job_detail(state: StateDir, key: str) -> dict[str, Any]:
+    store = open_store(state)
+    ref = resolve_job(state, store, key)
+    summary = next(r for r in job_rows(state) if r["id"] == ref.id)
+    attempts = []
+    if store is not None and not ref.pending:
+        for a in store.attempts(ref.id):
+            attempts.append({
+                "number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
+                "pid": a.job_pid, "exit_code": a.exit_code, "signal": a.signal,
+                "reason": a.reason, "detail": a.detail, "checkpoint_before": a.checkpoint_before,
+                "checkpoint_after": a.checkpoint_after, "batch": a.batch,
+                "peak_gpu_memory": a.peak_gpu_memory, "log": a.log_path,
+            })
+        store.close()
+    return {**summary, "attempts": attempts}
+
+
+def render_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "NAME", "STATE", "ATTEMPT", "RUNTIME", "LAST END", "PID", "PROGRESS"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"], row["name"], _state_text(row), str(row["attempts"] or "-"),
+            format_duration(row["runtime_s"]) if row["runtime_s"] is not None else "-",
+            row["last_reason"] or "-", str(row["pid"] or "-"), _progress_text(row["progress"]),
+        )
+    Console().print(table) if rows else print("no jobs yet: trainsup submit job.yaml")
+
+
+def render_detail(detail: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{detail['name']}[/] ({detail['id']}): {_state_text(detail)}")
+    if detail.get("result"):
+        console.print(f"  result: {detail['result']}")
+    if detail.get("batch"):
+        console.print(f"  batch: {detail['batch']}")
+    if detail.get("progress"):
+        console.print(f"  progress: {_progress_text(detail['progress'])}")
+    table = Table(box=None, pad_edge=False)
+    for column in ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "CHECKPOINT"):
+        table.add_column(column)
+    for a in detail["attempts"]:
+        end = a["ended_at"] or time.time()
+        table.add_row(
+            str(a["number"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["started_at"])),
+            format_duration(end - a["started_at"]), str(a["pid"] or "-"), a["detail"] or "running",
+            a["reason"] or "-", a["checkpoint_after"] or a["checkpoint_before"] or "-",
+        )
+    if detail["attempts"]:
+        console.print(table)
+
+
+def _state_text(row: dict[str, Any]) -> str:
+    if row.get("pending_intake"):
+        return "queued (daemon has not seen it yet)"
+    if row["state"] == "backoff" and row.get("next_start_at"):
+        return f"backoff ({max(0, row['next_start_at'] - time.time()):.0f}s)"
+    return row["state"]
+
+
+def _progress_text(beat: dict | None) -> str:
+    if not beat:
+        return "-"
+    parts = [f"step {beat.get('step')}", f"epoch {beat.get('epoch')}"]
+    if beat.get("loss") is not None:
+        parts.append(f"loss {beat['loss']:.4g}")
+    if beat.get("samples_per_s"):
+        parts.append(f"{beat['samples_per_s']:.0f} samples/s")
+    return ", ".join(parts)

@@ -1,0 +1,49 @@
+"""`trainsup submit job.yaml`: validate, resolve, and drop durably into the inbox."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from trainsup.errors import SpecError
+from trainsup.jobs import inbox
+from trainsup.jobs.requests import Submission
+from trainsup.jobs.spec import JobSpec, load_spec
+from trainsup.paths import StateDir
+from trainsup.supervisor.launcher import DAEMON_ONLY_VARIABLES
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(4)
+
+
+def resolve(spec: JobSpec, spec_path: Path, state: StateDir, job_id: str) -> JobSpec:
+    """Absolute workdir and checkpoint dir; relative paths start at the job file's folder."""
+    base = spec_path.resolve().parent
+    workdir = (base / spec.workdir).resolve() if spec.workdir else base
+    if not workdir.is_dir():
+        raise SpecError(f"{spec_path}: field 'workdir': {workdir} is not a directory.")
+    if spec.checkpoint_dir is not None:
+        checkpoint_dir = (workdir / spec.checkpoint_dir.expanduser()).resolve()
+    else:
+        checkpoint_dir = state.default_checkpoint_dir(job_id)
+    return spec.model_copy(update={"workdir": workdir, "checkpoint_dir": checkpoint_dir})
+
+
+def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> Submission:
+    spec, text = load_spec(spec_path, name)
+    job_id = new_job_id()
+    submission = Submission(
+        job_id=job_id,
+        spec=resolve(spec, spec_path, state, job_id),
+        spec_text=text,
+        spec_path=str(spec_path.resolve()),
+        environment={k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_VARIABLES},
+        submitted_at=time.time(),
+        fresh=fresh,
+    )
+    state.ensure()
+    inbox.drop(state.inbox, submission.model_dump(mode="json", by_alias=True))
+    return submission

@@ -1,0 +1,1 @@
+"""The daemon: intake, attempts, monitors, policy and recovery."""

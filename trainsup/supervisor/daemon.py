@@ -1,0 +1,182 @@
+"""The supervisor daemon: one short loop of small steps.
+
+    intake → poll attempts → release backoffs → start queued → report
+
+The loop sleeps in select() on a wake-up pipe (inbox events, signals) and on a
+pidfd per attempt monitor, so an exit is noticed within milliseconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from trainsup.errors import DaemonAlreadyRunningError
+from trainsup.jobs import inbox
+from trainsup.jobs.states import JobState
+from trainsup.jobs.store import Store
+from trainsup.paths import StateDir
+from trainsup.supervisor import host
+from trainsup.supervisor.attempts import Attempts
+from trainsup.supervisor.intake import Intake
+from trainsup.supervisor.notify import SystemdNotifier
+from trainsup.supervisor.recovery import recover
+
+log = structlog.get_logger("trainsup.daemon")
+
+IDLE_WAKEUP_S = 1.0
+SHUTDOWN_MARGIN_S = 15.0
+
+
+@dataclass
+class DaemonLock:
+    """An flock on the state dir held for the daemon's lifetime."""
+
+    fd: int
+
+    @classmethod
+    def acquire(cls, state: StateDir) -> "DaemonLock":
+        fd = os.open(state.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonAlreadyRunningError(
+                f"another trainsup daemon is already running for {state.root}."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(fd)
+
+
+class _WakeOnInbox(FileSystemEventHandler):
+    def __init__(self, wake_fd: int):
+        self.wake_fd = wake_fd
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            os.write(self.wake_fd, b"i")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+
+class Daemon:
+    def __init__(self, state: StateDir, notifier: SystemdNotifier | None = None):
+        self.state = state
+        self.notifier = notifier or SystemdNotifier.from_env()
+        self.shutdown_requested = False
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def run(self) -> int:
+        self.state.ensure()
+        self.lock = DaemonLock.acquire(self.state)
+        self.store = Store.open(self.state.db)
+        self.attempts = Attempts(self.store, self.state, host.boot_id())
+        self.intake = Intake(self.store, self.state, self.attempts)
+        self._install_signal_handlers()
+        observer = Observer()
+        observer.schedule(_WakeOnInbox(self.wake_write), str(self.state.inbox), recursive=False)
+        observer.start()
+        try:
+            recover(self.store, self.attempts, time.time())
+            inbox.remove_stale_temp_files(self.state.inbox)
+            self.step()
+            self.notifier.ready(self._status_line())
+            log.info("daemon ready", state_dir=str(self.state.root), pid=os.getpid())
+            while not self.shutdown_requested:
+                self._wait(self._next_timeout())
+                self.step()
+            self._shut_down()
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+            self.store.close()
+        return 0
+
+    def step(self) -> None:
+        now = time.time()
+        self.intake.ingest_all(now)
+        self.attempts.poll(now)
+        self._release_backoffs(now)
+        if not self.shutdown_requested:
+            self._start_queued(now)
+        self.notifier.status(self._status_line())
+        self.notifier.watchdog()
+
+    def _release_backoffs(self, now: float) -> None:
+        for job in self.store.jobs({JobState.BACKOFF}):
+            if job.next_start_at is None or job.next_start_at <= now:
+                with self.store.transaction():
+                    self.store.set_state(job.id, JobState.BACKOFF, JobState.QUEUED, now, next_start_at=None)
+
+    def _start_queued(self, now: float) -> None:
+        for job in self.store.jobs({JobState.QUEUED}):
+            self.attempts.start(job, batch_env={}, gpu_env={}, now=now)
+
+    def _next_timeout(self) -> float:
+        timeout = IDLE_WAKEUP_S
+        if (interval := self.notifier.watchdog_interval) is not None:
+            timeout = min(timeout, interval)
+        for job in self.store.jobs({JobState.BACKOFF}):
+            if job.next_start_at is not None:
+                timeout = min(timeout, max(0.0, job.next_start_at - time.time()))
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self.wake_read] + [a.pidfd for a in self.attempts.live.values() if a.pidfd is not None]
+        select.select(fds, [], [], timeout)
+        try:
+            while os.read(self.wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
+
+        def request_shutdown(signum: int, frame: object) -> None:
+            self.shutdown_requested = True
+
+        signal.signal(signal.SIGTERM, request_shutdown)
+        signal.signal(signal.SIGINT, request_shutdown)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() via the wakeup fd
+
+    def _shut_down(self) -> None:
+        """Ask every job to checkpoint and stop; wait for them within their grace periods."""
+        live_jobs = [self.store.job(job_id) for job_id in self.attempts.live]
+        self.notifier.stopping()
+        grace = max((float(j.spec["grace_period"]) for j in live_jobs), default=0.0)
+        self.notifier.extend_timeout(grace + SHUTDOWN_MARGIN_S)
+        log.info("shutting down", running=len(live_jobs), grace_period=grace)
+        now = time.time()
+        for job in live_jobs:
+            with self.store.transaction():
+                if job.state is not JobState.STOPPING:
+                    self.store.set_state(job.id, job.state, JobState.STOPPING, now)
+                if job.stop_requested is None:
+                    self.store.update_job(job.id, stop_requested="shutdown")
+                self.store.add_event(job.id, "daemon_stopping", "the daemon is stopping: asking the job to checkpoint and exit", now)
+            self.attempts.request_stop(job.id)
+        deadline = time.monotonic() + grace + SHUTDOWN_MARGIN_S
+        while self.attempts.live and time.monotonic() < deadline:
+            self._wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.attempts.poll(time.time())
+        if self.attempts.live:
+            log.warning("jobs still running at exit; the next daemon re-adopts them", jobs=list(self.attempts.live))
+        log.info("daemon stopped")
+
+    def _status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for job in self.store.jobs({JobState.RUNNING, JobState.STARTING, JobState.QUEUED, JobState.BACKOFF}):
+            counts[job.state] = counts.get(job.state, 0) + 1
+        running = counts.get("running", 0) + counts.get("starting", 0)
+        waiting = counts.get("queued", 0) + counts.get("backoff", 0)
+        return f"{running} running, {waiting} waiting"

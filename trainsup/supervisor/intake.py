@@ -1,0 +1,130 @@
+"""Ingesting the inbox: each request applied in one transaction, then removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from trainsup.durable import fsync_dir
+from trainsup.jobs import inbox
+from trainsup.jobs.requests import REQUEST_ADAPTER, Control, ControlRequest, Submission
+from trainsup.jobs.states import JobState
+from trainsup.jobs.store import Job, Store
+from trainsup.paths import StateDir
+from trainsup.supervisor.attempts import Attempts
+
+log = structlog.get_logger("trainsup.intake")
+
+
+class Intake:
+    def __init__(self, store: Store, state: StateDir, attempts: Attempts):
+        self.store = store
+        self.state = state
+        self.attempts = attempts
+
+    def ingest_all(self, now: float) -> int:
+        """Apply every pending request; return how many were taken."""
+        paths = inbox.pending(self.state.inbox)
+        for path in paths:
+            self._ingest(path, now)
+        return len(paths)
+
+    def _ingest(self, path: Path, now: float) -> None:
+        try:
+            request = REQUEST_ADAPTER.validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (ValidationError, ValueError, OSError) as exc:
+            log.error("rejected an unreadable request", file=path.name, error=str(exc)[:300])
+            os.replace(path, self.state.rejected / path.name)
+            return
+        stop_after_commit: list[str] = []
+        with self.store.transaction():
+            if self.store.mark_ingested(path.name, now):
+                if isinstance(request, Submission):
+                    self._submit(request, now)
+                else:
+                    stop_after_commit += self._control(request, now)
+        path.unlink(missing_ok=True)
+        for job_id in stop_after_commit:
+            self.attempts.request_stop(job_id)
+
+    def _submit(self, submission: Submission, now: float) -> None:
+        spec = submission.spec.model_dump(mode="json", by_alias=True)
+        job = Job(
+            id=submission.job_id, name=submission.spec.name, state=JobState.QUEUED,
+            state_since=now, submitted_at=submission.submitted_at, spec=spec,
+            spec_text=submission.spec_text, spec_path=submission.spec_path,
+            environment=submission.environment, checkpoint_dir=spec["checkpoint_dir"],
+            next_start_at=None, stop_requested=None, batch=None, result=None,
+        )
+        if not self.store.insert_job(job):
+            return
+        self.store.add_event(job.id, "submitted", f"submitted from {submission.spec_path}", submission.submitted_at)
+        if submission.fresh:
+            self._set_aside_old_checkpoints(job, now)
+        log.info("job queued", job=job.id, name=job.name)
+
+    def _set_aside_old_checkpoints(self, job: Job, now: float) -> None:
+        checkpoint_dir = Path(job.checkpoint_dir)
+        if not checkpoint_dir.is_dir() or not any(checkpoint_dir.iterdir()):
+            return
+        aside = checkpoint_dir.with_name(f"{checkpoint_dir.name}.before-{job.id}")
+        os.rename(checkpoint_dir, aside)
+        fsync_dir(checkpoint_dir.parent)
+        self.store.add_event(job.id, "fresh_start", f"--fresh: moved old checkpoints to {aside}", now)
+
+    def _control(self, request: ControlRequest, now: float) -> list[str]:
+        """Apply a control request; return the jobs whose running attempt must be stopped."""
+        job = self.store.job(request.job_id)
+        if job is None:
+            log.warning("control request for an unknown job", job=request.job_id)
+            return []
+        handler = {
+            Control.CANCEL: self._cancel,
+            Control.RESTART: self._restart,
+            Control.HOLD: self._hold,
+            Control.RELEASE: self._release,
+        }[request.action]
+        return handler(job, now)
+
+    def _cancel(self, job: Job, now: float) -> list[str]:
+        if job.state.is_terminal:
+            self.store.add_event(job.id, "cancel_ignored", f"cancel ignored: the job already {job.state}", now)
+            return []
+        if job.state.has_live_attempt:
+            if job.state is not JobState.STOPPING:
+                self.store.set_state(job.id, job.state, JobState.STOPPING, now)
+            self.store.update_job(job.id, stop_requested="cancel")
+            self.store.add_event(job.id, "cancel_requested", "cancel requested: stopping the running attempt", now)
+            return [job.id]
+        self.store.set_state(job.id, job.state, JobState.CANCELLED, now, result="cancelled on request")
+        self.store.add_event(job.id, "cancelled", "cancelled before it started again", now)
+        return []
+
+    def _restart(self, job: Job, now: float) -> list[str]:
+        if not job.state.is_terminal:
+            self.store.add_event(job.id, "restart_ignored", f"restart ignored: the job is {job.state}", now)
+            return []
+        self.store.set_state(job.id, job.state, JobState.QUEUED, now, result=None)
+        self.store.add_event(job.id, "restarted", "queued again on request", now)
+        return []
+
+    def _hold(self, job: Job, now: float) -> list[str]:
+        if job.state in (JobState.QUEUED, JobState.BACKOFF):
+            self.store.set_state(job.id, job.state, JobState.HELD, now)
+            self.store.add_event(job.id, "held", "held on request", now)
+        else:
+            self.store.add_event(job.id, "hold_ignored", f"hold ignored: the job is {job.state}", now)
+        return []
+
+    def _release(self, job: Job, now: float) -> list[str]:
+        if job.state is JobState.HELD:
+            self.store.set_state(job.id, JobState.HELD, JobState.QUEUED, now)
+            self.store.add_event(job.id, "released", "released on request", now)
+        return []

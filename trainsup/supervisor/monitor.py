@@ -1,0 +1,247 @@
+"""The attempt monitor: a tiny process that owns one attempt of a job.
+
+Like podman's conmon. The daemon starts it in a new session; it takes the job's
+checkpoint-dir lock, starts the job as its child in a process group of its own
+(stdout+stderr straight into the attempt log), becomes a child subreaper so no
+descendant escapes, and when the job ends it reaps every descendant and writes
+`ended.json` atomically into the run dir. It outlives the daemon. Stdlib only.
+
+    python -m trainsup.supervisor.monitor RUN_DIR
+
+RUN_DIR/launch.json holds: command, cwd, env, log_path, lock_path, grace_period.
+SIGTERM to the monitor = stop the job: SIGTERM to its process group, SIGKILL to
+every descendant after the grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainsup.durable import read_json, write_json_atomic
+
+PR_SET_CHILD_SUBREAPER = 36
+LOCK_POLL_S = 0.1
+LEFTOVER_GRACE_S = 3.0
+
+
+class AttemptMonitor:
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.launch = read_json(run_dir / "launch.json")
+        self.stop_requested_at: float | None = None
+        self.killed_after_grace = False
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_read = wake_read
+        signal.set_wakeup_fd(wake_write)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+
+    def run(self) -> int:
+        _become_subreaper()
+        lock_fd = self._acquire_lock()
+        if lock_fd is None:
+            self._record_end(exit_code=None, signum=None, spawn_error="stopped while waiting for the checkpoint lock")
+            return 0
+        try:
+            job = self._spawn(lock_fd)
+        except OSError as exc:
+            self._record_end(exit_code=None, signum=None, spawn_error=f"cannot start {self.launch['command'][0]!r}: {exc.strerror or exc}")
+            return 0
+        status = self._wait(job)
+        self._reap_leftovers(job.pid)
+        os.close(lock_fd)
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code < 0:
+            self._record_end(exit_code=None, signum=-exit_code)
+        else:
+            self._record_end(exit_code=exit_code, signum=None)
+        return 0
+
+    def _acquire_lock(self) -> int | None:
+        """Hold the checkpoint-dir lock so that two attempts of one job never overlap."""
+        lock_path = Path(self.launch["lock_path"])
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if self.stop_requested_at is not None:
+                    os.close(fd)
+                    return None
+                time.sleep(LOCK_POLL_S)
+
+    def _spawn(self, lock_fd: int) -> subprocess.Popen:
+        log = os.open(self.launch["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            job = subprocess.Popen(
+                self.launch["command"],
+                cwd=self.launch["cwd"],
+                env=self.launch["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                process_group=0,
+                # The job inherits the lock: it stays held while the job lives,
+                # even if this monitor is killed.
+                pass_fds=(lock_fd,),
+                restore_signals=True,
+            )
+        finally:
+            os.close(log)
+        write_json_atomic(
+            self.run_dir / "started.json",
+            {"job_pid": job.pid, "pgid": job.pid, "monitor_pid": os.getpid(), "started_at": time.time()},
+        )
+        return job
+
+    def _wait(self, job: subprocess.Popen) -> int:
+        """Wait for the job's main process; handle stop requests meanwhile."""
+        sent_term = False
+        kill_deadline: float | None = None
+        while True:
+            status = self._reap_children(job.pid)
+            if status is not None:
+                job.returncode = 0  # reaped here; keep Popen from waiting again
+                return status
+            if self.stop_requested_at is not None and not sent_term:
+                sent_term = True
+                _signal_group(job.pid, signal.SIGTERM)
+                kill_deadline = self.stop_requested_at + float(self.launch["grace_period"])
+            if kill_deadline is not None and time.monotonic() >= kill_deadline and not self.killed_after_grace:
+                self.killed_after_grace = True
+                _kill_tree(job.pid, signal.SIGKILL)
+            timeout = 1.0 if kill_deadline is None else max(0.0, min(1.0, kill_deadline - time.monotonic()))
+            self._sleep(timeout)
+
+    def _sleep(self, timeout: float) -> None:
+        select.select([self.wake_read], [], [], timeout)
+        try:
+            while os.read(self.wake_read, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    @staticmethod
+    def _reap_children(main_pid: int) -> int | None:
+        """Reap every exited child; return the main process's wait status if it exited."""
+        main_status = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return main_status
+            if pid == 0:
+                return main_status
+            if pid == main_pid:
+                main_status = status
+
+    def _reap_leftovers(self, main_pid: int) -> None:
+        """Descendants that outlive the main process are stopped, then killed."""
+        _signal_group(main_pid, signal.SIGTERM)
+        _kill_tree(main_pid, signal.SIGTERM)
+        deadline = time.monotonic() + LEFTOVER_GRACE_S
+        while _descendants(os.getpid()) or _group_alive(main_pid):
+            if time.monotonic() >= deadline:
+                _signal_group(main_pid, signal.SIGKILL)
+                _kill_tree(main_pid, signal.SIGKILL)
+            self._reap_children(main_pid)
+            self._sleep(0.05)
+        self._reap_children(main_pid)
+
+    def _record_end(self, exit_code: int | None, signum: int | None, spawn_error: str | None = None) -> None:
+        write_json_atomic(
+            self.run_dir / "ended.json",
+            {
+                "exit_code": exit_code,
+                "signal": signum,
+                "ended_at": time.time(),
+                "stop_requested": self.stop_requested_at is not None,
+                "killed_after_grace": self.killed_after_grace,
+                "spawn_error": spawn_error,
+            },
+        )
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init, the process group still covers most
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill_tree(main_pid: int, signum: int) -> None:
+    """Signal the job's process group and every descendant of this monitor."""
+    _signal_group(main_pid, signum)
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (non-zombie) descendants of `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    zombies: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        state, ppid = fields[0], int(fields[1])
+        children.setdefault(ppid, []).append(int(entry))
+        if state in (b"Z", b"X"):
+            zombies.add(int(entry))
+    found, stack = [], list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if pid not in zombies:
+            found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m trainsup.supervisor.monitor RUN_DIR", file=sys.stderr)
+        return 2
+    return AttemptMonitor(Path(sys.argv[1])).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What to do after an attempt ends: a pure function of the job's attempt history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from trainsup.jobs.spec import RestartPolicy
+from trainsup.jobs.states import EndReason
+
+FAILURES = frozenset({EndReason.CRASH, EndReason.CUDA_OOM, EndReason.HOST_OOM, EndReason.HANG, EndReason.LOST})
+RESUME_LATER = frozenset({EndReason.INTERRUPTED, EndReason.HOST_RESTART})
+
+
+class Action(StrEnum):
+    SUCCEED = "succeed"
+    RESTART = "restart"  # after `delay` seconds
+    REQUEUE = "requeue"  # start again when the daemon can, not a failure
+    HOLD = "hold"
+    FAIL = "fail"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """The facts about one ended attempt that the policy needs."""
+
+    reason: EndReason
+    uptime: float
+    new_checkpoint: bool  # a checkpoint newer than at the attempt's start appeared
+    changed_config: bool = False  # e.g. a smaller micro-batch after an OOM
+
+    def progressed(self, job_checkpoints: bool, min_uptime: float) -> bool:
+        if self.new_checkpoint or self.changed_config:
+            return True
+        return not job_checkpoints and self.uptime >= min_uptime
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    message: str
+    delay: float = 0.0
+
+
+def decide(
+    history: Sequence[AttemptRecord],
+    policy: RestartPolicy,
+    *,
+    cancel_requested: bool = False,
+    job_checkpoints: bool = False,
+    jitter: float = 0.5,
+    hold_after_host_restart: bool = False,
+) -> Decision:
+    """Decide after the last attempt in `history` ended.
+
+    Args:
+        history: every ended attempt of the job, oldest first.
+        policy: the job's restart policy.
+        cancel_requested: the user asked to cancel the job.
+        job_checkpoints: the job has ever written a checkpoint (so progress is
+            measured by checkpoints, not uptime).
+        jitter: a number in [0, 1) the caller draws; 0.5 means no jitter.
+        hold_after_host_restart: the job's `on_boot` policy is `hold`.
+    """
+    last = history[-1]
+    if last.reason is EndReason.SUCCEEDED:
+        return Decision(Action.SUCCEED, "the job exited 0")
+    if cancel_requested or last.reason is EndReason.CANCELLED:
+        return Decision(Action.CANCEL, "cancelled on request")
+    if last.reason is EndReason.SPAWN_FAILED:
+        return Decision(Action.FAIL, "the command could not be started")
+    if last.reason is EndReason.PREEMPTED:
+        return Decision(Action.RESTART, "preempted after a checkpoint: resuming at once")
+    if last.reason in RESUME_LATER:
+        if last.reason is EndReason.HOST_RESTART and hold_after_host_restart:
+            return Decision(Action.HOLD, "the machine restarted; held as on_boot says")
+        return Decision(Action.REQUEUE, f"{last.reason}: resuming from the last checkpoint")
+    return _after_failure(history, policy, job_checkpoints, jitter)
+
+
+def _after_failure(
+    history: Sequence[AttemptRecord], policy: RestartPolicy, job_checkpoints: bool, jitter: float
+) -> Decision:
+    last = history[-1]
+    failures = sum(1 for a in history if a.reason in FAILURES)
+    if failures > policy.max_restarts:
+        return Decision(Action.FAIL, f"{last.reason}; gave up after {policy.max_restarts} restarts")
+    streak = _trailing_failures_without_progress(history, policy, job_checkpoints)
+    if policy.crash_loop and streak >= policy.crash_loop:
+        return Decision(Action.FAIL, f"crash loop: {streak} attempts in a row died without progress")
+    consecutive = _trailing(history, lambda a: a.reason in FAILURES)
+    delay = backoff_delay(policy, consecutive, jitter)
+    return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {policy.max_restarts} in {delay:.1f}s", delay)
+
+
+def backoff_delay(policy: RestartPolicy, consecutive_failures: int, jitter: float) -> float:
+    """Exponential backoff capped at policy.max, spread by ±policy.jitter."""
+    base = min(policy.max, policy.initial * policy.factor ** max(0, consecutive_failures - 1))
+    spread = 1.0 + policy.jitter * (2.0 * jitter - 1.0)
+    return max(0.0, min(policy.max, base * spread))
+
+
+def _trailing_failures_without_progress(
+    history: Sequence[AttemptRecord], policy: RestartPolicy, job_checkpoints: bool
+) -> int:
+    return _trailing(
+        history,
+        lambda a: a.reason in FAILURES and not a.progressed(job_checkpoints, policy.min_uptime),
+    )
+
+
+def _trailing(history: Sequence[AttemptRecord], predicate) -> int:
+    count = 0
+    for attempt in reversed(history):
+        if not predicate(attempt):
+            break
+        count += 1
+    return count

@@ -1,0 +1,47 @@
+"""What the supervisor tells a training process through TRAINSUP_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class TrainerEnv:
+    job_id: str | None = None
+    job_name: str | None = None
+    attempt: int = 1
+    run_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    heartbeat_dir: Path | None = None
+    rank: int = 0
+
+    @property
+    def supervised(self) -> bool:
+        """True under the daemon, which then holds the checkpoint dir's lock itself."""
+        return self.job_id is not None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "TrainerEnv":
+        env = os.environ if environ is None else environ
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]) if env.get(name) else None
+
+        def number(name: str, default: int) -> int:
+            try:
+                return int(env.get(name, default))
+            except ValueError:
+                return default
+
+        return cls(
+            job_id=env.get("TRAINSUP_JOB_ID") or None,
+            job_name=env.get("TRAINSUP_JOB_NAME") or None,
+            attempt=number("TRAINSUP_ATTEMPT", 1),
+            run_dir=path("TRAINSUP_RUN_DIR"),
+            checkpoint_dir=path("TRAINSUP_CHECKPOINT_DIR"),
+            heartbeat_dir=path("TRAINSUP_HEARTBEAT"),
+            rank=number("RANK", 0),
+        )

@@ -1,0 +1,122 @@
+"""`manifest.json`: what a committed checkpoint contains, and how to check it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+_CHUNK = 4 << 20
+
+
+class InvalidCheckpointError(Exception):
+    """A checkpoint directory that must not be loaded; the message says why."""
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    epoch: int
+    position: int
+    files: dict[str, FileDigest]
+    torch_version: str
+    created: float
+    batch: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    started_from: dict[str, Any] = field(default_factory=dict)
+    job: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        payload = asdict(self)
+        return (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Manifest":
+        try:
+            raw = json.loads(data)
+            if raw.get("format") != FORMAT_VERSION:
+                raise InvalidCheckpointError(f"manifest format {raw.get('format')!r} is not {FORMAT_VERSION}")
+            raw["files"] = {name: FileDigest(int(d["size"]), str(d["sha256"])) for name, d in raw["files"].items()}
+            return cls(**raw)
+        except InvalidCheckpointError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidCheckpointError(f"manifest.json does not parse ({exc.__class__.__name__})") from None
+
+
+class HashingWriter:
+    """A write-only file wrapper that measures the size and sha256 of what passes."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._hash.update(data)
+        written = self._file.write(data)
+        self.size += len(data)
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def digest(self) -> FileDigest:
+        return FileDigest(self.size, self._hash.hexdigest())
+
+
+def digest_file(path: Path) -> FileDigest:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return FileDigest(size, digest.hexdigest())
+
+
+def read_manifest(directory: Path) -> Manifest:
+    try:
+        data = (directory / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise InvalidCheckpointError("manifest.json is missing") from None
+    except OSError as exc:
+        raise InvalidCheckpointError(f"manifest.json cannot be read ({exc.strerror})") from None
+    return Manifest.from_bytes(data)
+
+
+def verify(directory: Path) -> Manifest:
+    """The manifest of `directory` once every file it lists has its size and sha256.
+
+    Raises:
+        InvalidCheckpointError: the first mismatch found, in a few words.
+    """
+    manifest = read_manifest(directory)
+    if not manifest.files:
+        raise InvalidCheckpointError("the manifest lists no files")
+    for name, expected in manifest.files.items():
+        path = directory / name
+        if "/" in name or name.startswith("."):
+            raise InvalidCheckpointError(f"the manifest names an unsafe file {name!r}")
+        try:
+            size = path.stat().st_size
+            if size != expected.size:
+                raise InvalidCheckpointError(f"{name} has {size} bytes, the manifest says {expected.size}")
+            if digest_file(path).sha256 != expected.sha256:
+                raise InvalidCheckpointError(f"{name} does not match its sha256 in the manifest")
+        except FileNotFoundError:
+            raise InvalidCheckpointError(f"{name} is missing") from None
+        except OSError as exc:
+            raise InvalidCheckpointError(f"{name} cannot be read ({exc.strerror})") from None
+    return manifest

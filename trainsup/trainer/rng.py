@@ -1,0 +1,54 @@
+"""Random number generator states in a form `torch.load(weights_only=True)` accepts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional
+    np = None  # type: ignore[assignment]
+
+
+def capture() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if np is not None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if np is not None and "numpy" in state:
+        npy = state["numpy"]
+        keys = npy["keys"].cpu().numpy().astype(np.uint32)
+        np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            from trainsup.trainer.log import get_logger
+
+            get_logger().warning(
+                "the checkpoint has CUDA RNG states for %d devices, this run sees %d; CUDA RNG not restored",
+                len(cuda), torch.cuda.device_count(),
+            )

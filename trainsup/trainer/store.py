@@ -1,0 +1,256 @@
+"""The checkpoint directory: the power-safe save protocol, verified lookup, retention.
+
+Layout (inside the checkpoint dir):
+
+    step-000001200/          committed by rename; state file(s) and manifest.json
+    .tmp-step-000001300-x/   being written; removed by `prepare`
+    LATEST                   hint only; the truth is the newest dir whose manifest verifies
+    superseded-step-…-<t>/   set aside: corrupt, or newer than the checkpoint a run chose
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+from trainsup.trainer.errors import CheckpointSaveError
+from trainsup.trainer.fsops import FileOps, Writer
+from trainsup.trainer.log import get_logger
+from trainsup.trainer.manifest import (
+    MANIFEST_NAME,
+    FileDigest,
+    HashingWriter,
+    InvalidCheckpointError,
+    Manifest,
+    read_manifest,
+    verify,
+)
+
+LATEST = "LATEST"
+_STEP_DIR = re.compile(r"step-(\d{9,})")
+_TEMP_PREFIXES = (".tmp-step-", ".LATEST.tmp")
+
+log = get_logger()
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def step(self) -> int:
+        return self.manifest.step
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Keep the newest `keep_last` checkpoints and the `keep_best` best by `metric`."""
+
+    keep_last: int | None = 3
+    keep_best: int = 0
+    metric: str | None = None
+    mode: Literal["min", "max"] = "min"
+
+    def __post_init__(self) -> None:
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError("keep_last must be at least 1 (or None to keep every checkpoint)")
+        if self.keep_best and not self.metric:
+            raise ValueError("keep_best needs a metric")
+        if self.mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+
+
+class CheckpointStore:
+    def __init__(self, root: Path, ops: FileOps | None = None, retention: Retention | None = None) -> None:
+        self.root = Path(root)
+        self.ops = ops or FileOps()
+        self.retention = retention or Retention()
+
+    def prepare(self) -> None:
+        """Create the directory and remove what an interrupted save left behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_TEMP_PREFIXES):
+                log.info("removing %s left by an interrupted save", entry.name)
+                try:
+                    if entry.is_dir() and not entry.is_symlink():
+                        self.ops.remove_tree(entry)
+                    else:
+                        self.ops.remove_file(entry)
+                except OSError as exc:
+                    log.warning("could not remove %s: %s", entry, exc.strerror)
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(self, step: int, files: Mapping[str, Writer], meta: Mapping[str, Any]) -> Checkpoint:
+        """Write `files` as checkpoint `step` so that a crash at any instant leaves
+        either the previous checkpoints or this one, complete.
+
+        `meta` holds the manifest fields other than `step` and `files`.
+
+        Raises:
+            CheckpointSaveError: nothing was committed; earlier checkpoints are untouched.
+        """
+        name = step_dir_name(step)
+        final = self.root / name
+        temp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._check_free_space()
+            self.ops.mkdir(temp)
+            digests = {file_name: self._write_durably(temp / file_name, writer) for file_name, writer in files.items()}
+            manifest = Manifest(step=step, files=digests, **meta)
+            self._write_durably(temp / MANIFEST_NAME, lambda file: file.write(manifest.to_bytes()))
+            self.ops.fsync_dir(temp)
+            if os.path.lexists(final):
+                self.set_aside(final, "a new checkpoint of the same step replaces it")
+            self.ops.rename(temp, final)
+            self.ops.fsync_dir(self.root)
+        except Exception as exc:
+            self._remove_quietly(temp)
+            previous = self._newest_name()
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointSaveError(f"Saving checkpoint {name} failed ({_describe(exc)}); {kept}.") from exc
+        checkpoint = Checkpoint(final, manifest)
+        self._after_commit(checkpoint)
+        return checkpoint
+
+    def _write_durably(self, path: Path, writer: Writer) -> FileDigest:
+        measured: list[HashingWriter] = []
+
+        def write(file: Any) -> None:
+            measured.append(HashingWriter(file))
+            writer(measured[0])
+
+        self.ops.write_file(path, write)
+        self.ops.fsync_file(path)
+        return measured[0].digest()
+
+    def _after_commit(self, checkpoint: Checkpoint) -> None:
+        """LATEST, then retention: both optional once the checkpoint is durable."""
+        try:
+            temp = self.root / f".LATEST.tmp-{os.getpid()}"
+            self.ops.write_file(temp, lambda file: file.write(f"{checkpoint.name}\n".encode()))
+            self.ops.fsync_file(temp)
+            self.ops.rename(temp, self.root / LATEST)
+            self.ops.fsync_dir(self.root)
+        except Exception as exc:
+            log.warning("checkpoint %s is saved but LATEST was not updated (%s)", checkpoint.name, _describe(exc))
+            return
+        try:
+            self.apply_retention(keep=checkpoint.name)
+        except Exception as exc:
+            log.warning("retention after %s failed (%s); old checkpoints stay", checkpoint.name, _describe(exc))
+
+    def _check_free_space(self) -> None:
+        newest = self._newest_name()
+        if newest is None:
+            return
+        try:
+            needed = sum(d.size for d in read_manifest(self.root / newest).files.values())
+        except InvalidCheckpointError:
+            return
+        free = shutil.disk_usage(self.root).free
+        if free < needed:
+            raise OSError(28, f"only {free} bytes free, the last checkpoint took {needed}")
+
+    def _remove_quietly(self, path: Path) -> None:
+        try:
+            if os.path.lexists(path):
+                self.ops.remove_tree(path)
+        except Exception:  # best effort; `prepare` removes it on the next start
+            pass
+
+    # -- finding --------------------------------------------------------------
+
+    def step_dirs(self) -> list[Path]:
+        """Committed checkpoint directories, newest step first (unverified)."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), e) for e in self.root.iterdir() if (m := _STEP_DIR.fullmatch(e.name)) and e.is_dir()]
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def _newest_name(self) -> str | None:
+        dirs = self.step_dirs()
+        return dirs[0].name if dirs else None
+
+    def verified(self, select: Literal["latest", "best"] = "latest", metric: str | None = None,
+                 mode: Literal["min", "max"] = "min") -> Iterator[Checkpoint]:
+        """Checkpoints whose every file verifies, most preferred first; each rejected
+        one is logged in one line with the reason."""
+        for path in self._ordered(select, metric, mode):
+            try:
+                manifest = verify(path)
+                if manifest.step != int(path.name.split("-")[1]):
+                    raise InvalidCheckpointError(f"the manifest says step {manifest.step}")
+            except InvalidCheckpointError as exc:
+                log.warning("checkpoint %s is not usable: %s; falling back to an older one", path.name, exc)
+                continue
+            yield Checkpoint(path, manifest)
+
+    def _ordered(self, select: str, metric: str | None, mode: str) -> list[Path]:
+        dirs = self.step_dirs()
+        if select == "latest":
+            return dirs
+        if not metric:
+            raise ValueError("selecting the best checkpoint needs a metric")
+        scored = []
+        for newest_first, path in enumerate(dirs):
+            value = _metric_of(path, metric)
+            if value is not None:
+                scored.append((value if mode == "min" else -value, newest_first, path))
+        return [path for *_, path in sorted(scored)]
+
+    # -- removing -------------------------------------------------------------
+
+    def set_aside(self, path: Path, why: str) -> None:
+        """Rename a checkpoint out of the resume order, keeping its files."""
+        target = self.root / f"superseded-{path.name}-{time.time_ns()}"
+        log.warning("moving %s to %s: %s", path.name, target.name, why)
+        self.ops.rename(path, target)
+        self.ops.fsync_dir(self.root)
+
+    def apply_retention(self, keep: str) -> None:
+        policy = self.retention
+        dirs = self.step_dirs()
+        kept = {keep}
+        kept.update(p.name for p in (dirs if policy.keep_last is None else dirs[: policy.keep_last]))
+        if policy.keep_best and policy.metric:
+            kept.update(p.name for p in self._ordered("best", policy.metric, policy.mode)[: policy.keep_best])
+        for path in dirs:
+            if path.name not in kept:
+                log.info("retention: removing %s", path.name)
+                self.ops.remove_tree(path)
+
+
+def _metric_of(path: Path, metric: str) -> float | None:
+    try:
+        value = read_manifest(path).metrics.get(metric)
+    except InvalidCheckpointError:
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _describe(exc: BaseException) -> str:
+    """A few words for `exc`, preferring the OS error underneath a wrapper."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror if not seen.filename else f"{seen.strerror}: {seen.filename}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).strip().splitlines()
+    return (text[0][:200] if text else exc.__class__.__name__)
