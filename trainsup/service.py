@@ -163,12 +163,13 @@ def install(
     me = current_user()
     if scope == "user":
         if user not in (None, me):
-            raise ServiceError(f"a user unit runs as yourself, not {user}; use the system scope to run as {user}")
+            raise ServiceError(
+                f"a user unit runs as yourself, not {user}; use the system scope to run as {user}"
+            )
         user = me
         if os.geteuid() == 0 and os.environ.get("SUDO_USER") not in (None, "root"):
-            warnings.append(
-                f"this installs a user unit for root, not {os.environ['SUDO_USER']}; run it without sudo for yourself"
-            )
+            sudo_user = os.environ["SUDO_USER"]
+            warnings.append(f"this installs a user unit for root, not {sudo_user}; run it without sudo for yourself")
         if state_home is None and ({"TRAINSUP_HOME", "XDG_STATE_HOME"} & os.environ.keys()):
             state_home = StateDir.from_env().root
     elif scope == "system":
@@ -181,6 +182,10 @@ def install(
     template_path = units_source / template_file(scope)
     try:
         template = template_path.read_text()
+    except FileNotFoundError:
+        raise ServiceError(
+            f"this installation has no unit template at {template_path}; install trainsup from a checkout (pip install -e)"
+        ) from None
     except OSError as exc:
         raise ServiceError(f"cannot read the unit template {template_path}: {exc.strerror}") from exc
     content = render_unit(

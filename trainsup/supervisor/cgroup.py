@@ -117,7 +117,8 @@ def create_job_cgroup(name: str, memory_max: int | None, parent: Path | None = N
     """Make (or reuse) the memory cgroup `name` under `parent`, our own by default.
 
     `memory_max` bounds memory and swap together, so a job over it is OOM-killed
-    rather than left swapping. Returns None where we cannot create cgroups.
+    rather than left swapping. Returns None where we cannot create cgroups: no memory
+    controller, a parent outside it or not writable, or (v2) no delegation.
 
     Raises:
         CgroupError: the cgroup was created but its limit could not be set.
@@ -127,6 +128,8 @@ def create_job_cgroup(name: str, memory_max: int | None, parent: Path | None = N
     hierarchy = _memory_hierarchy()
     parent = parent or cgroup_of(os.getpid())
     if hierarchy is None or parent is None or not os.access(parent, os.W_OK):
+        return None
+    if parent != hierarchy.mount and hierarchy.mount not in parent.parents:
         return None
     if hierarchy.version == 2 and not _delegate_memory(parent):
         return None

@@ -126,7 +126,11 @@ def _optional_float(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class HangPolicy:
-    """Timeouts in seconds. `calibration_gaps`: intervals needed before calculating."""
+    """Timeouts in seconds. `calibration_gaps`: intervals needed before calculating.
+
+    A job that has never written a heartbeat (a script without the trainer library) is
+    not judged unless `expect_heartbeats` says it will write them.
+    """
 
     fixed_timeout: float | None = None
     first_timeout: float = 3600.0
@@ -134,10 +138,13 @@ class HangPolicy:
     safety_factor: float = 5.0
     min_timeout: float = 60.0
     calibration_gaps: int = 3
+    expect_heartbeats: bool = False
 
     def __post_init__(self) -> None:
-        timeouts = (self.first_timeout, self.checkpoint_timeout, self.min_timeout, self.fixed_timeout or 1.0)
-        if min(timeouts) <= 0 or self.safety_factor <= 0:
+        timeouts = [self.first_timeout, self.checkpoint_timeout, self.min_timeout, self.safety_factor]
+        if self.fixed_timeout is not None:
+            timeouts.append(self.fixed_timeout)
+        if min(timeouts) <= 0:
             raise ValueError("hang timeouts and the safety factor must be positive")
 
 
@@ -145,8 +152,8 @@ class HangPolicy:
 class HangTracker:
     """What the daemon keeps about a job's heartbeats, across attempts.
 
-    `last_beat` / `last_phase` / `beats` belong to the current attempt; `gaps` and
-    `longest_gap` (intervals ending a train or eval phase) accumulate over all attempts.
+    `last_beat` / `last_phase` / `beats` belong to the current attempt; `ever_beat`,
+    `gaps` and `longest_gap` (intervals ending a train or eval phase) cover all attempts.
     """
 
     attempt_started_at: float | None = None
@@ -155,6 +162,7 @@ class HangTracker:
     beats: int = 0
     gaps: int = 0
     longest_gap: float = 0.0
+    ever_beat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +217,7 @@ def observe(tracker: HangTracker, beat_time: float, phase: str) -> HangTracker:
         beats=tracker.beats + 1,
         gaps=gaps,
         longest_gap=longest,
+        ever_beat=True,
     )
 
 
@@ -226,7 +235,12 @@ def current_timeout(tracker: HangTracker, policy: HangPolicy, attempt_started_at
 
 
 def is_hung(tracker: HangTracker, policy: HangPolicy, attempt_started_at: float, now: float) -> HangVerdict | None:
-    """A verdict if the attempt has been silent longer than the timeout that applies."""
+    """A verdict if the attempt has been silent longer than the timeout that applies.
+
+    `attempt_started_at` and `now` are wall-clock seconds, like heartbeat times.
+    """
+    if not (tracker.ever_beat or policy.expect_heartbeats):
+        return None
     last = _last_beat(tracker, attempt_started_at)
     silence = now - (attempt_started_at if last is None else last)
     which, limit = current_timeout(tracker, policy, attempt_started_at)

@@ -86,16 +86,19 @@ def place(
 def unplaceable(request: GpuRequest, gpus: list[GpuInfo]) -> str | None:
     """Why `request` can never be placed on this machine, as one sentence, or None."""
     if request.count > len(gpus):
-        have = f"{len(gpus)} GPU" + ("" if len(gpus) == 1 else "s")
-        return f"the job asks for {request.count} GPUs but this machine has {have}."
+        return f"the job asks for {_gpus(request.count)} but this machine has {_gpus(len(gpus))}."
     if request.min_free_memory is not None:
         big_enough = [g for g in gpus if g.memory_total >= request.min_free_memory]
         if len(big_enough) < request.count:
             return (
-                f"the job needs {request.min_free_memory} bytes free on {request.count} GPUs "
-                f"but only {len(big_enough)} GPUs have that much memory."
+                f"the job needs {request.min_free_memory} bytes free on {_gpus(request.count)} "
+                f"but this machine has {_gpus(len(big_enough))} that large."
             )
     return None
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" + ("" if count == 1 else "s")
 
 
 def gpu_env(uuids: Iterable[str]) -> dict[str, str]:

@@ -4,7 +4,6 @@
     └── TrainerError                   raised inside a training process
         ├── CheckpointDirLockedError   another run holds <checkpoint_dir>/.lock
         ├── CheckpointSaveError        a save failed; the previous checkpoint is intact
-        ├── NoCheckpointError          a checkpoint that was asked for does not exist
         ├── ArchitectureMismatchError  the checkpoint's model does not fit the model
         ├── EpochOutOfRangeError       the checkpoint is already past the last epoch
         └── LoopUsageError             the session was used in an order it cannot track
@@ -26,10 +25,6 @@ class CheckpointDirLockedError(TrainerError):
 
 
 class CheckpointSaveError(TrainerError):
-    pass
-
-
-class NoCheckpointError(TrainerError):
     pass
 
 

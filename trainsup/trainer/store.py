@@ -4,6 +4,8 @@ Layout (inside the checkpoint dir):
 
     step-000001200/          committed by rename; state file(s) and manifest.json
     .tmp-step-000001300-x/   being written; removed by `prepare`
+    .old-step-000001300-x/   a same-step checkpoint being replaced; restored by `prepare`
+                             if the replacement never got its name, else removed
     LATEST                   hint only; the truth is the newest dir whose manifest verifies
     superseded-step-…-<t>/   set aside: corrupt, or newer than the checkpoint a run chose
 """
@@ -35,6 +37,8 @@ from trainsup.trainer.manifest import (
 LATEST = "LATEST"
 _STEP_DIR = re.compile(r"step-(\d{9,})")
 _TEMP_PREFIXES = (".tmp-step-", ".LATEST.tmp")
+_REPLACED_PREFIX = ".old-"
+_REPLACED = re.compile(r"\.old-(step-\d{9,})-[0-9a-f]+")
 
 log = get_logger()
 
@@ -84,8 +88,14 @@ class CheckpointStore:
     def prepare(self) -> None:
         """Create the directory and remove what an interrupted save left behind."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for entry in self.root.iterdir():
-            if entry.name.startswith(_TEMP_PREFIXES):
+        for entry in sorted(self.root.iterdir()):
+            if match := _REPLACED.fullmatch(entry.name):
+                if os.path.lexists(self.root / match.group(1)):
+                    self._remove_quietly(entry)
+                else:
+                    log.info("restoring %s: the save replacing it was interrupted", match.group(1))
+                    self._restore_quietly(entry, self.root / match.group(1))
+            elif entry.name.startswith(_TEMP_PREFIXES):
                 log.info("removing %s left by an interrupted save", entry.name)
                 try:
                     if entry.is_dir() and not entry.is_symlink():
@@ -109,6 +119,7 @@ class CheckpointStore:
         name = step_dir_name(step)
         final = self.root / name
         temp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        replaced: Path | None = None
         try:
             self._check_free_space()
             self.ops.mkdir(temp)
@@ -117,14 +128,19 @@ class CheckpointStore:
             self._write_durably(temp / MANIFEST_NAME, lambda file: file.write(manifest.to_bytes()))
             self.ops.fsync_dir(temp)
             if os.path.lexists(final):
-                self.set_aside(final, "a new checkpoint of the same step replaces it")
+                replaced = self.root / f"{_REPLACED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+                self.ops.rename(final, replaced)
             self.ops.rename(temp, final)
             self.ops.fsync_dir(self.root)
         except Exception as exc:
             self._remove_quietly(temp)
+            if replaced is not None and not os.path.lexists(final):
+                self._restore_quietly(replaced, final)
             previous = self._newest_name()
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
             raise CheckpointSaveError(f"Saving checkpoint {name} failed ({_describe(exc)}); {kept}.") from exc
+        if replaced is not None:
+            self._remove_quietly(replaced)
         checkpoint = Checkpoint(final, manifest)
         self._after_commit(checkpoint)
         return checkpoint
@@ -174,6 +190,13 @@ class CheckpointStore:
                 self.ops.remove_tree(path)
         except Exception:  # best effort; `prepare` removes it on the next start
             pass
+
+    def _restore_quietly(self, replaced: Path, final: Path) -> None:
+        try:
+            self.ops.rename(replaced, final)
+            self.ops.fsync_dir(self.root)
+        except Exception as exc:
+            log.warning("could not restore %s (%s)", final.name, _describe(exc))
 
     # -- finding --------------------------------------------------------------
 

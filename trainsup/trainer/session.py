@@ -1,0 +1,481 @@
+"""`Session`: the object a training script wraps its loop with.
+
+    with Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir) as session:
+        for epoch in session.epochs(args.epochs):
+            for step in session.steps(loader):
+                for x, y in step:
+                    (loss_fn(model(x), y) / len(step)).backward()
+                optimizer.step(); optimizer.zero_grad(); scheduler.step()
+                session.step_done(loss=loss.item())
+
+The session resumes from the newest valid checkpoint on entry, tells the loop where to
+start (epoch, step, sample inside the epoch), saves when due, writes heartbeats, and
+turns SIGTERM/SIGINT/SIGUSR1 into "checkpoint, then exit 75" at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+import torch
+
+from trainsup.durable import write_json_atomic
+from trainsup.trainer import rng, statefile
+from trainsup.trainer.background import BackgroundSave
+from trainsup.trainer.batching import BatchPlan
+from trainsup.trainer.environment import TrainerEnv
+from trainsup.trainer.errors import CheckpointSaveError, EpochOutOfRangeError, LoopUsageError, TrainerError
+from trainsup.trainer.fsops import FileOps
+from trainsup.trainer.heartbeat import Heartbeat, Phase
+from trainsup.trainer.lock import DirLock
+from trainsup.trainer.log import get_logger
+from trainsup.trainer.outcome import EXIT_TEMPFAIL, is_out_of_memory, one_line, write_exit_info
+from trainsup.trainer.sampler import ResumableSampler
+from trainsup.trainer.statefile import STATE_FILE, Components
+from trainsup.trainer.stop import StopSignals
+from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
+
+log = get_logger()
+Resume = Literal["latest", "best", "none"]
+
+
+class Session:
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        save_every_steps: int | None = None,
+        save_every_seconds: float | None = 600.0,
+        save_every_epoch: bool = True,
+        save_on_exit: bool = True,
+        keep_last: int | None = 3,
+        keep_best: int = 0,
+        best_metric: str | None = None,
+        best_mode: Literal["min", "max"] = "min",
+        resume: Resume = "latest",
+        batch: BatchPlan | None = None,
+        async_save: bool = False,
+        device: torch.device | str | None = None,
+        ops: FileOps | None = None,
+        handle_signals: bool = True,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if resume not in ("latest", "best", "none"):
+            raise ValueError("resume must be 'latest', 'best' or 'none'")
+        if resume == "best" and not best_metric:
+            raise ValueError("resume='best' needs best_metric")
+        self.env = TrainerEnv.from_environ(environ)
+        self.components = Components(model, optimizer, scheduler, scaler, extra if extra is not None else {})
+        self.extra = self.components.extra
+        directory = checkpoint_dir if checkpoint_dir is not None else self.env.checkpoint_dir
+        if directory is None:
+            raise TrainerError("No checkpoint directory: pass checkpoint_dir or run under trainsup (TRAINSUP_CHECKPOINT_DIR).")
+        self.checkpoint_dir = Path(directory).absolute()
+        self.store = CheckpointStore(self.checkpoint_dir, ops, Retention(keep_last, keep_best, best_metric, best_mode))
+        self.save_every_steps = save_every_steps
+        self.save_every_seconds = save_every_seconds
+        self.save_every_epoch = save_every_epoch
+        self.save_on_exit = save_on_exit
+        self.resume = resume
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.batch = batch
+        self.async_save = async_save
+        self.device = torch.device(device) if device is not None else _device_of(model)
+        self.handle_signals = handle_signals
+
+        self.epoch = 0
+        self.step = 0
+        self.position = 0
+        self.metrics: dict[str, float] = {}
+        self.resumed_from: Checkpoint | None = None
+        self.last_checkpoint: Checkpoint | None = None
+
+        self._heartbeat = Heartbeat(self.env.heartbeat_dir, self.env.rank)
+        self._lock = DirLock(self.checkpoint_dir)
+        self._signals = StopSignals()
+        self._background: BackgroundSave[Checkpoint] = BackgroundSave()
+        self._started = False
+        self._started_from: dict[str, Any] = {"select": "fresh", "attempt": self.env.attempt}
+        self._pending_rng: dict[str, Any] | None = None
+        self._saved_batch: dict[str, int] | None = None
+        self._iterator_this_epoch = False
+        self._consumed = 0
+        self._step_open = False
+        self._dirty = False
+        self._last_save = time.monotonic()
+        self._samples_seen = 0
+        self._beat_mark = (time.monotonic(), 0)
+        self._phase: Phase = "train"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def __enter__(self) -> "Session":
+        try:
+            return self.start()
+        except TrainerError as exc:
+            self._fail(exc)
+            self.close()
+            raise SystemExit(1) from None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if exc is None:
+                if self.save_on_exit and self._dirty:
+                    self.save(wait=True)
+                self._wait_background(raise_errors=True)
+            elif isinstance(exc, SystemExit):
+                self._wait_background()
+            elif isinstance(exc, TrainerError):
+                self._wait_background()
+                self._fail(exc)
+                raise SystemExit(1) from None
+            else:
+                self._wait_background()
+                reason = "oom" if is_out_of_memory(exc) else "error"
+                write_exit_info(self.env.run_dir, reason, self.step, one_line(exc))
+                log.error("%s at step %d: %s", "out of memory" if reason == "oom" else "error", self.step, one_line(exc))
+        except TrainerError as error:
+            self._fail(error)
+            raise SystemExit(1) from None
+        finally:
+            self.close()
+        return False
+
+    def start(self) -> "Session":
+        """Lock the directory, install handlers, and load the checkpoint to resume from."""
+        if self._started:
+            return self
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if not self.env.supervised:
+            self._lock.acquire()
+        self._started = True
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+        if self.handle_signals:
+            self._signals.install()
+        self.store.prepare()
+        self._resume()
+        self._last_save = time.monotonic()
+        self._beat("start", force=True)
+        return self
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._wait_background()
+        self._signals.restore()
+        self._lock.release()
+        self._started = False
+
+    def _fail(self, exc: TrainerError) -> None:
+        write_exit_info(self.env.run_dir, "error", self.step, str(exc))
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+
+    # -- resuming -------------------------------------------------------------
+
+    def _resume(self) -> None:
+        existing = self.store.step_dirs()
+        if self.resume == "none":
+            for path in existing:
+                self.store.set_aside(path, "the run was started with resume='none'")
+            log.info("starting fresh in %s (resume='none')", self.checkpoint_dir)
+            return
+        select = self.resume
+        if select == "best" and self.env.attempt > 1:
+            log.info("attempt %d restarts the run: resuming from the latest checkpoint, not the best", self.env.attempt)
+            select = "latest"
+        chosen = self._load_first(select)
+        if chosen is None and select == "best" and existing:
+            log.warning("no valid checkpoint records %s; resuming from the latest instead", self.best_metric)
+            select = "latest"
+            chosen = self._load_first(select)
+        if chosen is None:
+            why = f"none of the {len(existing)} checkpoints is usable" if existing else "no checkpoint yet"
+            log.warning("starting fresh from epoch 0, step 0: %s in %s", why, self.checkpoint_dir)
+            return
+        for path in self.store.step_dirs():
+            if int(path.name.split("-")[1]) > chosen.step:
+                self.store.set_aside(path, f"the run resumes from the older {chosen.name}")
+        self._started_from = {"select": select, "checkpoint": chosen.name, "step": chosen.step, "attempt": self.env.attempt}
+        if self.env.run_dir is not None:
+            self.env.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.env.run_dir / "resume.json", self._started_from)
+
+    def _load_first(self, select: Literal["latest", "best"]) -> Checkpoint | None:
+        for checkpoint in self.store.verified(select, self.best_metric, self.best_mode):
+            try:
+                state = statefile.load(checkpoint.path / STATE_FILE, self.device)
+            except Exception as exc:
+                log.warning("checkpoint %s is not usable: %s cannot be loaded safely (%s); falling back to an older one",
+                            checkpoint.name, STATE_FILE, one_line(exc)[:200])
+                continue
+            self._apply(checkpoint, state)
+            return checkpoint
+        return None
+
+    def _apply(self, checkpoint: Checkpoint, state: dict[str, Any]) -> None:
+        statefile.apply(self.components, state, checkpoint.name)
+        progress = state["progress"]
+        self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
+        self._consumed = self.position
+        self._pending_rng = {"states": state["rng"], "point": progress["rng_point"]}
+        self._saved_batch = state.get("batch")
+        self.metrics.update(checkpoint.manifest.metrics)
+        self.resumed_from = self.last_checkpoint = checkpoint
+        log.info("resuming from %s: epoch %d, step %d, sample %d of the epoch",
+                 checkpoint.path, self.epoch, self.step, self.position)
+
+    def _restore_rng(self, point: str) -> None:
+        pending = self._pending_rng
+        if pending is None:
+            return
+        rng.restore(pending["states"])
+        if pending["point"] == point:
+            self._pending_rng = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def epochs(self, num_epochs: int) -> Iterator[int]:
+        """The epochs still to run; an epoch ends when the loop body returns."""
+        self._require_started()
+        if self.epoch > num_epochs:
+            source = self.resumed_from.name if self.resumed_from else "the checkpoint"
+            raise EpochOutOfRangeError(
+                f"The run asks for {num_epochs} epochs but {source} has already finished {self.epoch}; "
+                "raise the number of epochs or start fresh."
+            )
+        if self.epoch == num_epochs:
+            log.info("all %d epochs are already done; nothing to train", num_epochs)
+        self._restore_rng("between_epochs")
+        while self.epoch < num_epochs:
+            yield self.epoch
+            self.epoch += 1
+            self.position = self._consumed = 0
+            self._iterator_this_epoch = False
+            self._dirty = True
+            self._boundary(periodic_save=self.save_every_epoch)
+
+    def steps(self, loader: Any, grad_accum: int | None = None) -> Iterator["Step"]:
+        """The optimizer steps left in this epoch, each a group of micro-batches.
+
+        Builds the DataLoader iterator from the saved sample position, and only then
+        restores the RNG states (creating an iterator draws from the global RNG).
+        """
+        self._require_started()
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, ResumableSampler) or loader.batch_size is None:
+            raise LoopUsageError(
+                "session.steps() needs a DataLoader with batch_size and a trainsup.trainer.ResumableSampler as sampler."
+            )
+        accum = grad_accum or (self.batch.grad_accum if self.batch else 1)
+        self._set_batch(BatchPlan(loader.batch_size, accum))
+        micro = loader.batch_size
+        sampler.set_epoch(self.epoch)
+        sampler.set_start(min(self.position, sampler.num_samples))
+        total = sampler.num_samples
+        self._consumed = sampler.start
+        iterator = iter(loader)
+        self._iterator_this_epoch = True
+        self._restore_rng("in_epoch")
+
+        def batches_left() -> int:
+            left = total - self._consumed
+            return left // micro if loader.drop_last else -(-left // micro)
+
+        while (size := min(accum, batches_left())) > 0:
+            step = Step(self, iterator, size, micro, total)
+            self._step_open = True
+            yield step
+            if step.pulled < step.size:
+                raise LoopUsageError("Iterate over every micro-batch of a step before asking for the next step.")
+            if self._step_open:
+                self.step_done()
+
+    def step_done(self, **metrics: Any) -> None:
+        """The optimizer step is complete: count it, beat, and save or stop if due."""
+        self._require_started()
+        self.step += 1
+        self.position = self._consumed
+        self._step_open = False
+        self._dirty = True
+        self.report(**metrics)
+        due = bool(self.save_every_steps and self.step % self.save_every_steps == 0) or bool(
+            self.save_every_seconds is not None and time.monotonic() - self._last_save >= self.save_every_seconds
+        )
+        self._boundary(periodic_save=due)
+
+    def report(self, **metrics: Any) -> None:
+        """Record metrics for heartbeats and the next checkpoint's manifest."""
+        for key, value in metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.metrics[key] = float(value)
+
+    def beat(self, phase: Phase = "eval") -> None:
+        """A rate-limited heartbeat from inside a long evaluation or data loop."""
+        self._phase = phase
+        self._beat(phase)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._signals.requested is not None
+
+    def _boundary(self, periodic_save: bool) -> None:
+        self._phase = "train"
+        self._beat("train")
+        if self._signals.requested:
+            self._preempt()
+        elif periodic_save:
+            try:
+                self.save()
+            except CheckpointSaveError as exc:
+                log.error("%s Training continues; the next save will try again.", exc)
+
+    def _set_batch(self, plan: BatchPlan) -> None:
+        saved = self._saved_batch
+        if saved and (saved["micro"], saved["grad_accum"]) != (plan.micro, plan.grad_accum):
+            log.info("micro-batch %d x %d accumulation (checkpoint) is now %d x %d; continuing at sample %d of epoch %d",
+                     saved["micro"], saved["grad_accum"], plan.micro, plan.grad_accum, self.position, self.epoch)
+            self._saved_batch = None
+        self.batch = plan
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(self, *, wait: bool = False) -> Checkpoint | None:
+        """Checkpoint now. With async_save (and not `wait`) this only snapshots the
+        state to CPU memory and returns None; the save becomes durable in the background.
+
+        Raises:
+            CheckpointSaveError: the save failed; the previous checkpoint is intact.
+        """
+        self._require_started()
+        self._wait_background()
+        self._beat("checkpoint", force=True)
+        step = self.step
+        state = self._collect()
+        meta = self._meta()
+        self._dirty = False
+        self._last_save = time.monotonic()
+        if self.async_save and not wait:
+            state = statefile.snapshot(state)
+            self._background.start(lambda: self._persist(step, state, meta))
+            self._beat(self._phase, force=True)
+            return None
+        try:
+            checkpoint = self._persist(step, state, meta)
+        except CheckpointSaveError:
+            self._dirty = True
+            raise
+        finally:
+            self._beat(self._phase, force=True)
+        return checkpoint
+
+    def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
+        started = time.monotonic()
+        checkpoint = self.store.save(step, {STATE_FILE: lambda file: torch.save(state, file)}, meta)
+        size = sum(d.size for d in checkpoint.manifest.files.values())
+        log.info("saved checkpoint %s (%.1f MB in %.2f s)", checkpoint.name, size / 1e6, time.monotonic() - started)
+        self.last_checkpoint = checkpoint
+        return checkpoint
+
+    def _collect(self) -> dict[str, Any]:
+        state = statefile.collect(self.components)
+        state["progress"] = {
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "rng_point": "in_epoch" if self._iterator_this_epoch else "between_epochs",
+        }
+        state["rng"] = rng.capture()
+        if self.batch is not None:
+            state["batch"] = self.batch.as_dict()
+        return state
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "torch_version": torch.__version__,
+            "created": time.time(),
+            "batch": self.batch.as_dict() if self.batch else {},
+            "metrics": dict(self.metrics),
+            "started_from": dict(self._started_from),
+            "job": {"id": self.env.job_id, "name": self.env.job_name, "attempt": self.env.attempt},
+        }
+
+    def _wait_background(self, raise_errors: bool = False) -> None:
+        try:
+            self._background.wait()
+        except CheckpointSaveError as exc:
+            self._dirty = True
+            if raise_errors:
+                raise
+            log.error("%s Training continues; the next save will try again.", exc)
+
+    def _preempt(self) -> None:
+        name = self._signals.requested
+        self._wait_background()
+        if self._dirty or self.last_checkpoint is None:
+            self.save(wait=True)
+        where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
+        write_exit_info(self.env.run_dir, "preempted", self.step, f"{name}: checkpoint {where} saved")
+        log.info("stopping on %s after checkpoint %s; exit code 75 asks to be resumed", name, where)
+        raise SystemExit(EXIT_TEMPFAIL)
+
+    # -- heartbeats -----------------------------------------------------------
+
+    def _beat(self, phase: Phase, force: bool = False) -> None:
+        if not force and not self._heartbeat.due():
+            return
+        now = time.monotonic()
+        then, samples = self._beat_mark
+        rate = (self._samples_seen - samples) / (now - then) if now > then and self._samples_seen > samples else None
+        self._beat_mark = (now, self._samples_seen)
+        memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self._heartbeat.beat(step=self.step, epoch=self.epoch, phase=phase, loss=self.metrics.get("loss"),
+                             samples_per_s=rate, max_memory_bytes=memory, force=force)
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise LoopUsageError("Enter the session (with Session(...) as session) before using it.")
+
+
+class Step:
+    """The micro-batches of one optimizer step; `len(step)` is how many (scale the loss by it)."""
+
+    def __init__(self, session: Session, iterator: Iterator[Any], size: int, micro: int, total: int) -> None:
+        self.size = size
+        self.pulled = 0
+        self._session, self._iterator, self._micro, self._total = session, iterator, micro, total
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Any]:
+        session = self._session
+        while self.pulled < self.size:
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self.size = self.pulled
+                return
+            self.pulled += 1
+            taken = min(self._micro, self._total - session._consumed)
+            session._consumed += taken
+            session._samples_seen += taken
+            yield batch
+
+
+def _device_of(model: torch.nn.Module | None) -> torch.device:
+    if model is not None:
+        for tensor in model.parameters():
+            return tensor.device
+    return torch.device("cpu")

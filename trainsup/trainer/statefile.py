@@ -1,0 +1,116 @@
+"""`state.pt`: what is saved for the model, optimizer, scheduler, scaler and extras,
+and how it is put back.
+
+Everything in it loads with `torch.load(weights_only=True)`: tensors, dicts, lists,
+numbers, strings. Progress and RNG states are handled by the session.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainsup.trainer.errors import ArchitectureMismatchError
+from trainsup.trainer.log import get_logger
+
+STATE_FILE = "state.pt"
+STATE_FORMAT = 1
+_PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+
+@dataclass
+class Components:
+    """The objects whose state a checkpoint carries."""
+
+    model: torch.nn.Module | None = None
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_stateful(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
+
+
+def collect(components: Components) -> dict[str, Any]:
+    """The components' states, sharing storage with the live tensors."""
+    state: dict[str, Any] = {"format": STATE_FORMAT}
+    for part in _PARTS:
+        obj = getattr(components, part)
+        if obj is not None:
+            state[part] = obj.state_dict()
+    state["extra"] = {
+        "plain": {k: v for k, v in components.extra.items() if not is_stateful(v)},
+        "stateful": {k: v.state_dict() for k, v in components.extra.items() if is_stateful(v)},
+    }
+    return state
+
+
+def snapshot(obj: Any) -> Any:
+    """A deep copy with every tensor copied to CPU memory, for a save in the background."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        copied = OrderedDict() if isinstance(obj, OrderedDict) else {}
+        for key, value in obj.items():
+            copied[key] = snapshot(value)
+        if hasattr(obj, "_metadata"):
+            copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
+        return copied
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def load(path: Path, device: torch.device) -> dict[str, Any]:
+    """Read a state file; never executes code from it (weights_only)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path.name} is not a trainsup state file of format {STATE_FORMAT}")
+    return state
+
+
+def check_architecture(model: torch.nn.Module, saved: dict[str, Any], checkpoint: str) -> None:
+    """Raise one sentence naming the first key or shape that differs."""
+    current = model.state_dict()
+    problems: list[str] = []
+    for key, tensor in saved.items():
+        if key not in current:
+            problems.append(f"'{key}' is in the checkpoint but not in the model")
+        elif isinstance(tensor, torch.Tensor) and tuple(tensor.shape) != tuple(current[key].shape):
+            problems.append(
+                f"'{key}' has shape {tuple(current[key].shape)} in the model but {tuple(tensor.shape)} in the checkpoint"
+            )
+    problems.extend(f"'{key}' is in the model but not in the checkpoint" for key in current if key not in saved)
+    if problems:
+        more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
+        raise ArchitectureMismatchError(f"The model does not match checkpoint {checkpoint}: {problems[0]}{more}.")
+
+
+def apply(components: Components, state: dict[str, Any], checkpoint: str) -> None:
+    log = get_logger()
+    if components.model is not None and "model" in state:
+        check_architecture(components.model, state["model"], checkpoint)
+    for part in _PARTS:
+        obj = getattr(components, part)
+        if obj is None and part in state:
+            log.warning("checkpoint %s has a %s state but the session was given no %s; ignoring it", checkpoint, part, part)
+        elif obj is not None and part not in state:
+            log.warning("checkpoint %s has no %s state; the %s starts fresh", checkpoint, part, part)
+        elif obj is not None:
+            obj.load_state_dict(state[part])
+    extra = state.get("extra", {})
+    for key, value in extra.get("plain", {}).items():
+        components.extra[key] = value
+    for key, value in extra.get("stateful", {}).items():
+        target = components.extra.get(key)
+        if is_stateful(target):
+            target.load_state_dict(value)
+        else:
+            log.warning("checkpoint %s has state for extra '%s' but the session has no such object", checkpoint, key)
