@@ -77,6 +77,14 @@ def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("scope", ["user", "system"])
+def test_only_exec_start_is_filled_in(scope: str) -> None:
+    exe = find_executable()
+    text = render(scope, exe)
+    assert [line for line in text.splitlines() if str(exe) in line] == [f"ExecStart={exe} daemon"]
+    assert "@TRAINSUP@" not in text
+
+
+@pytest.mark.parametrize("scope", ["user", "system"])
 def test_settings_that_the_daemon_relies_on(scope: str) -> None:
     exe = find_executable()
     settings = service_section(render(scope, exe))

@@ -162,6 +162,50 @@ def show(job: str = JobArgument, as_json: bool = JsonOption) -> None:
     _print_json(timeline) if as_json else show_command.render(timeline)
 
 
+@service_app.command("install")
+def service_install(
+    user_scope: bool = typer.Option(True, "--user/--system", help="A user unit (default) or the system template."),
+    run_as: Optional[str] = typer.Option(None, "--as", help="System scope: the user the daemon runs as."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the unit and the systemctl commands only."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write the systemd unit for this installation, reload systemd, enable and start it."""
+    from trainsup import service
+
+    result = _guard(lambda: service.install("user" if user_scope else "system", run_as, dry_run=dry_run))
+    if as_json:
+        _print_json({"unit": result.unit_name, "path": str(result.unit_path), "commands": result.commands,
+                     "warnings": result.warnings, "dry_run": result.dry_run})
+        return
+    if dry_run:
+        typer.echo(f"# {result.unit_path}\n{result.content}")
+        for command in result.commands:
+            typer.echo("systemctl " + " ".join(command))
+    else:
+        typer.echo(f"installed and started {result.unit_name} ({result.unit_path})")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+def doctor(as_json: bool = JsonOption) -> None:
+    """Check the state dir, the daemon, NVML, the service, lingering and free disk."""
+    from trainsup import doctor as doctor_module
+    from trainsup.commands.common import open_store
+
+    state = _state()
+    store = open_store(state)
+    checkpoint_dirs = sorted({Path(j.checkpoint_dir) for j in store.jobs() if not j.state.is_terminal}) if store else []
+    checks = doctor_module.run_checks(state, checkpoint_dirs)
+    if as_json:
+        _print_json([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
+    else:
+        for check in checks:
+            mark = {True: "ok  ", False: "FAIL", None: "n/a "}[check.ok]
+            typer.echo(f"{mark}  {check.name:<14} {check.detail}")
+    raise typer.Exit(1 if any(c.ok is False for c in checks) else 0)
+
+
 def main() -> None:
     try:
         app()

@@ -31,7 +31,7 @@ Scope = Literal["user", "system"]
 SystemctlRunner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 PLACEHOLDER = "@TRAINSUP@"
-UNITS_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
+UNITS_SOURCE = Path(__file__).resolve().parent / "systemd"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 LINGER_DIR = Path("/var/lib/systemd/linger")
 WANTS_DIR = {"user": "default.target.wants", "system": "multi-user.target.wants"}
@@ -123,11 +123,13 @@ def render_unit(
     On systemd >= 254 the commented-out growing-delay keys are switched on; extra
     `environment` lands as Environment= lines right after ExecStart=.
     """
-    if PLACEHOLDER not in template:
-        raise ServiceError(f"the unit template has no {PLACEHOLDER} placeholder to replace")
+    if f"ExecStart={PLACEHOLDER}" not in template:
+        raise ServiceError(f"the unit template has no ExecStart={PLACEHOLDER} line to fill in")
     lines = []
-    for line in template.replace(PLACEHOLDER, _exec_arg(str(executable))).splitlines():
-        if systemd_version and systemd_version >= RESTART_STEPS_SINCE and line.startswith(
+    for line in template.splitlines():
+        if line.startswith("ExecStart="):
+            line = line.replace(PLACEHOLDER, _exec_arg(str(executable)))
+        elif systemd_version and systemd_version >= RESTART_STEPS_SINCE and line.startswith(
             tuple("#" + key for key in _STEP_KEYS)
         ):
             line = line[1:]
@@ -184,7 +186,7 @@ def install(
         template = template_path.read_text()
     except FileNotFoundError:
         raise ServiceError(
-            f"this installation has no unit template at {template_path}; install trainsup from a checkout (pip install -e)"
+            f"this installation has no unit template at {template_path}; reinstall trainsup"
         ) from None
     except OSError as exc:
         raise ServiceError(f"cannot read the unit template {template_path}: {exc.strerror}") from exc

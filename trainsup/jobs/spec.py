@@ -20,7 +20,7 @@ from pydantic import (
 from trainsup.errors import SpecError
 from trainsup.units import parse_duration, parse_size
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(allow_inf_nan=False)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -36,7 +36,7 @@ class RestartPolicy(_Strict):
     max_restarts: int = Field(default=5, ge=0)
     initial: Duration = 1.0
     max: Duration = 300.0
-    factor: float = Field(default=2.0, ge=1.0)
+    factor: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
     crash_loop: int = Field(default=3, ge=0)
     min_uptime: Duration = 30.0
