@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,16 +30,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RestartBudgets(_Strict):
+    """Restarts allowed per cause of death; unset causes share `max_restarts`."""
+
+    crash: int | None = Field(default=None, ge=0)
+    cuda_oom: int | None = Field(default=None, ge=0)
+    host_oom: int | None = Field(default=None, ge=0)
+    hang: int | None = Field(default=None, ge=0)
+    lost: int | None = Field(default=None, ge=0)
+
+
 class RestartPolicy(_Strict):
     """How a job that dies is started again."""
 
     max_restarts: int = Field(default=5, ge=0)
+    on: RestartBudgets = Field(default_factory=RestartBudgets)
     initial: Duration = 1.0
     max: Duration = 300.0
     factor: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
     crash_loop: int = Field(default=3, ge=0)
     min_uptime: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_is_a_key(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean True.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> "RestartPolicy":
@@ -51,9 +70,12 @@ class RestartPolicy(_Strict):
 class BatchSize(_Strict):
     """The effective batch is fixed; the micro-batch may shrink after a CUDA OOM."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     global_: int = Field(alias="global", ge=1)
     micro: int = Field(ge=1)
     min_micro: int = Field(default=1, ge=1)
+    factor: float = Field(default=0.5, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _micro_divides_global(self) -> "BatchSize":
@@ -62,6 +84,21 @@ class BatchSize(_Strict):
         if self.min_micro > self.micro:
             raise ValueError("batch_size.min_micro must not exceed batch_size.micro")
         return self
+
+
+class HeartbeatPolicy(_Strict):
+    """When a job that sends heartbeats (trainsup.trainer does) counts as hung.
+
+    Defaults follow NVIDIA's fault-tolerance launcher: a long first timeout, then
+    `safety_factor` × the longest gap seen, unless `timeout` fixes one.
+    """
+
+    timeout: Duration | None = None
+    first_timeout: Duration = 3600.0
+    checkpoint_timeout: Duration = 1800.0
+    safety_factor: float = Field(default=5.0, gt=1.0)
+    min_timeout: Duration = 60.0
+    log_silence: Duration | None = None  # opt-in hang detection for scripts without the library
 
 
 class JobSpec(_Strict):
@@ -77,6 +114,8 @@ class JobSpec(_Strict):
     gpus: int = Field(default=0, ge=0)
     min_free_memory: Size | None = None
     batch_size: BatchSize | None = None
+    heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
+    on_boot: Literal["resume", "hold"] = "resume"
 
     @field_validator("name")
     @classmethod

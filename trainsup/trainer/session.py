@@ -159,11 +159,15 @@ class Session:
         if not self.env.supervised:
             self._lock.acquire()
         self._started = True
-        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
-        if self.handle_signals:
-            self._signals.install()
-        self.store.prepare()
-        self._resume()
+        try:
+            _register_stack_dumps()
+            if self.handle_signals:
+                self._signals.install()
+            self.store.prepare()
+            self._resume()
+        except BaseException:
+            self.close()
+            raise
         self._last_save = time.monotonic()
         self._beat("start", force=True)
         return self
@@ -472,6 +476,16 @@ class Step:
             session._consumed += taken
             session._samples_seen += taken
             yield batch
+
+
+def _register_stack_dumps() -> None:
+    """SIGUSR2 dumps every thread's stack to stderr, for the daemon to debug a hung job."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.register(signal.SIGUSR2, file=stream, all_threads=True, chain=False)
+            return
+        except (AttributeError, ValueError, OSError):  # a stream without a file descriptor
+            continue
 
 
 def _device_of(model: torch.nn.Module | None) -> torch.device:

@@ -1,0 +1,156 @@
+"""classify(): the one reason an attempt ended, from what the daemon observed."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from trainsup.jobs.states import EndReason
+from trainsup.supervisor.classify import EXIT_PREEMPTED, AttemptFacts, classify, describe_exit
+
+R = EndReason
+KILL, TERM, SEGV = int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGSEGV)
+
+
+def facts(exit_code: int | None = 1, sig: int | None = None, **kwargs) -> AttemptFacts:
+    return AttemptFacts(exit_code=exit_code, signal=sig, **kwargs)
+
+
+# Every way the daemon may see an attempt end; each row is one reason.
+CASES = [
+    ("exit 0", facts(0), R.SUCCEEDED),
+    ("exit 75", facts(EXIT_PREEMPTED), R.PREEMPTED),
+    ("exit 1", facts(1), R.CRASH),
+    ("exit 2", facts(2), R.CRASH),
+    ("exit 137 without cgroup", facts(137), R.CRASH),
+    ("SIGSEGV", facts(None, SEGV), R.CRASH),
+    ("SIGTERM from outside", facts(None, TERM), R.CRASH),
+    ("SIGKILL without an oom kill", facts(None, KILL), R.CRASH),
+    ("SIGKILL, oom counter unknown", facts(None, KILL, oom_kills_delta=None), R.CRASH),
+    ("SIGKILL, oom counter unchanged", facts(None, KILL, oom_kills_delta=0), R.CRASH),
+    ("SIGKILL after a host oom kill", facts(None, KILL, oom_kills_delta=1), R.HOST_OOM),
+    ("SIGTERM with an oom kill elsewhere", facts(None, TERM, oom_kills_delta=1), R.CRASH),
+    ("cancelled", facts(None, TERM, stop_requested="cancel"), R.CANCELLED),
+    ("stopped on shutdown", facts(None, TERM, stop_requested="shutdown"), R.INTERRUPTED),
+    ("hang", facts(None, KILL, hang_detected=True), R.HANG),
+    ("spawn failed", facts(None, None, spawn_error="No such file or directory: 'trian.py'"), R.SPAWN_FAILED),
+    ("cuda oom in the log", facts(1, log_tail="RuntimeError: CUDA out of memory. Tried to allocate"), R.CUDA_OOM),
+    ("trainer says oom", facts(1, trainer_exit={"reason": "oom", "step": 10, "detail": "x"}), R.CUDA_OOM),
+]
+
+
+@pytest.mark.parametrize("observed, reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_classify(observed: AttemptFacts, reason: EndReason) -> None:
+    assert classify(observed) is reason
+
+
+def test_every_reason_is_reachable() -> None:
+    """LOST and HOST_RESTART are set by the daemon itself, never inferred from facts."""
+    reached = {reason for _, _, reason in CASES}
+    assert set(EndReason) - reached == {R.LOST, R.HOST_RESTART}
+
+
+# --- precedence ------------------------------------------------------------------------
+
+EVERYTHING_ELSE = dict(
+    stop_requested="cancel",
+    hang_detected=True,
+    trainer_exit={"reason": "oom"},
+    log_tail="CUDA out of memory",
+    oom_kills_delta=3,
+)
+
+
+def test_exit_0_beats_everything() -> None:
+    assert classify(facts(0, **EVERYTHING_ELSE)) is R.SUCCEEDED
+    assert classify(facts(0, **{**EVERYTHING_ELSE, "stop_requested": "shutdown"})) is R.SUCCEEDED
+
+
+def test_a_spawn_error_beats_an_exit_code() -> None:
+    assert classify(facts(0, spawn_error="Permission denied")) is R.SPAWN_FAILED
+
+
+def test_preempted_beats_a_stop_request() -> None:
+    """A job that checkpoints on SIGTERM and exits 75 was preempted; decide() then sees the cancel."""
+    assert classify(facts(EXIT_PREEMPTED, **EVERYTHING_ELSE)) is R.PREEMPTED
+
+
+@pytest.mark.parametrize("sig", [TERM, KILL])
+def test_cancel_beats_crash(sig: int) -> None:
+    assert classify(facts(None, sig, stop_requested="cancel")) is R.CANCELLED
+    assert classify(facts(1, stop_requested="cancel")) is R.CANCELLED
+
+
+def test_cancel_beats_hang_and_oom() -> None:
+    assert classify(facts(None, KILL, **EVERYTHING_ELSE)) is R.CANCELLED
+
+
+def test_shutdown_beats_hang_and_oom() -> None:
+    assert classify(facts(None, KILL, **{**EVERYTHING_ELSE, "stop_requested": "shutdown"})) is R.INTERRUPTED
+
+
+def test_hang_beats_oom() -> None:
+    assert classify(facts(None, KILL, hang_detected=True, log_tail="CUDA out of memory", oom_kills_delta=1)) is R.HANG
+
+
+def test_cuda_oom_beats_host_oom() -> None:
+    assert classify(facts(None, KILL, log_tail="torch.OutOfMemoryError", oom_kills_delta=1)) is R.CUDA_OOM
+
+
+# --- CUDA out of memory ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "log_tail",
+    [
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "RuntimeError: CUDA out of memory.",
+        "torch.OutOfMemoryError: CUDA out of memory",
+        "torch.OutOfMemoryError",
+        "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cudaErrorMemoryAllocation",
+        "RuntimeError: HIP out of memory. Tried to allocate",
+        "step 1\nstep 2\nTraceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory\n",
+    ],
+)
+def test_cuda_oom_patterns(log_tail: str) -> None:
+    assert classify(facts(1, log_tail=log_tail)) is R.CUDA_OOM
+
+
+@pytest.mark.parametrize(
+    "log_tail",
+    [
+        "",
+        "RuntimeError: CUDA error: device-side assert triggered",
+        "MemoryError",
+        "cuda out of memory",  # torch's message is capitalised; lower case is someone else's text
+        "Killed",
+    ],
+)
+def test_not_cuda_oom(log_tail: str) -> None:
+    assert classify(facts(1, log_tail=log_tail)) is R.CRASH
+
+
+@pytest.mark.parametrize("trainer_exit", [None, {}, {"reason": "crash"}, {"reason": "preempted"}, {"step": 3}])
+def test_trainer_exit_other_than_oom_is_a_crash(trainer_exit: dict | None) -> None:
+    assert classify(facts(1, trainer_exit=trainer_exit)) is R.CRASH
+
+
+# --- describe_exit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exit_code, sig, text",
+    [
+        (0, None, "exit 0"),
+        (75, None, "exit 75"),
+        (None, KILL, "killed by SIGKILL"),
+        (None, TERM, "killed by SIGTERM"),
+        (None, 200, "killed by signal 200"),
+        (None, None, "no exit status"),
+    ],
+)
+def test_describe_exit(exit_code: int | None, sig: int | None, text: str) -> None:
+    assert describe_exit(exit_code, sig) == text

@@ -1,0 +1,265 @@
+"""decide(): what happens after an attempt ends. Pure and table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainsup.jobs.spec import RestartPolicy
+from trainsup.jobs.states import EndReason
+from trainsup.supervisor.policy import FAILURES, Action, AttemptRecord, backoff_delay, decide
+
+R = EndReason
+NO_JITTER = 0.5
+
+
+def attempt(reason: EndReason = R.CRASH, uptime: float = 1.0, checkpoint: bool = False, changed: bool = False) -> AttemptRecord:
+    return AttemptRecord(reason=reason, uptime=uptime, new_checkpoint=checkpoint, changed_config=changed)
+
+
+def crashes(n: int, **kwargs) -> list[AttemptRecord]:
+    return [attempt(R.CRASH, **kwargs) for _ in range(n)]
+
+
+def policy(**fields) -> RestartPolicy:
+    return RestartPolicy(**{"jitter": 0.0, **fields})
+
+
+# --- the simple endings --------------------------------------------------------------
+
+
+def test_success() -> None:
+    decision = decide([attempt(R.SUCCEEDED)], policy())
+    assert decision.action is Action.SUCCEED and decision.delay == 0
+
+
+def test_success_after_failures() -> None:
+    assert decide([*crashes(3), attempt(R.SUCCEEDED)], policy(max_restarts=1)).action is Action.SUCCEED
+
+
+def test_success_beats_a_cancel_request() -> None:
+    """It finished before the cancel took effect: the work is done."""
+    assert decide([attempt(R.SUCCEEDED)], policy(), cancel_requested=True).action is Action.SUCCEED
+
+
+@pytest.mark.parametrize("reason", [*FAILURES, R.PREEMPTED, R.INTERRUPTED, R.HOST_RESTART, R.SPAWN_FAILED])
+def test_cancel_wins_over_every_other_ending(reason: EndReason) -> None:
+    assert decide([attempt(reason)], policy(), cancel_requested=True).action is Action.CANCEL
+
+
+def test_cancelled_attempt_cancels_the_job() -> None:
+    assert decide([attempt(R.CANCELLED)], policy()).action is Action.CANCEL
+
+
+def test_spawn_failed_fails_at_once() -> None:
+    decision = decide([attempt(R.SPAWN_FAILED)], policy(max_restarts=100, crash_loop=0))
+    assert decision.action is Action.FAIL
+    assert "could not be started" in decision.message
+
+
+# --- preemption ----------------------------------------------------------------------
+
+
+def test_preempted_restarts_at_once() -> None:
+    decision = decide([attempt(R.PREEMPTED)], policy(initial=10, max=60))
+    assert (decision.action, decision.delay) == (Action.RESTART, 0.0)
+
+
+def test_preemptions_do_not_count_against_max_restarts() -> None:
+    history = [attempt(R.PREEMPTED) for _ in range(50)]
+    assert decide(history, policy(max_restarts=0)).action is Action.RESTART
+    history.append(attempt(R.CRASH, uptime=1000))
+    assert decide(history, policy(max_restarts=1, crash_loop=0)).action is Action.RESTART
+
+
+def test_preemption_breaks_a_crash_streak_and_the_backoff() -> None:
+    history = [*crashes(2), attempt(R.PREEMPTED), attempt(R.CRASH)]
+    decision = decide(history, policy(crash_loop=2, initial=1, factor=2, max=60))
+    assert decision.action is Action.RESTART
+    assert decision.delay == 1.0
+
+
+# --- interrupted, host restart --------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", [R.INTERRUPTED, R.HOST_RESTART])
+def test_resumes_later(reason: EndReason) -> None:
+    decision = decide([*crashes(5), attempt(reason)], policy(max_restarts=0))
+    assert (decision.action, decision.delay) == (Action.REQUEUE, 0.0)
+
+
+def test_host_restart_with_hold() -> None:
+    decision = decide([attempt(R.HOST_RESTART)], policy(), hold_after_host_restart=True)
+    assert decision.action is Action.HOLD
+
+
+def test_hold_applies_only_to_a_host_restart() -> None:
+    decision = decide([attempt(R.INTERRUPTED)], policy(), hold_after_host_restart=True)
+    assert decision.action is Action.REQUEUE
+
+
+# --- max_restarts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", sorted(FAILURES))
+def test_every_failure_kind_restarts(reason: EndReason) -> None:
+    decision = decide([attempt(reason)], policy())
+    assert decision.action is Action.RESTART and decision.delay > 0
+
+
+@pytest.mark.parametrize(
+    "max_restarts, failures, action",
+    [
+        (0, 1, Action.FAIL),
+        (1, 1, Action.RESTART),
+        (1, 2, Action.FAIL),
+        (5, 5, Action.RESTART),
+        (5, 6, Action.FAIL),
+        (20, 20, Action.RESTART),
+        (20, 21, Action.FAIL),
+    ],
+)
+def test_max_restarts_boundary(max_restarts: int, failures: int, action: Action) -> None:
+    # Each attempt made progress, so only max_restarts can stop the job.
+    history = crashes(failures, checkpoint=True)
+    decision = decide(history, policy(max_restarts=max_restarts, crash_loop=1), job_checkpoints=True)
+    assert decision.action is action
+    if action is Action.FAIL:
+        assert f"gave up after {max_restarts} restarts" in decision.message
+    else:
+        assert f"restart {failures} of {max_restarts}" in decision.message
+
+
+def test_max_restarts_counts_failures_that_are_not_in_a_row() -> None:
+    history = [attempt(R.CRASH, checkpoint=True), attempt(R.PREEMPTED), attempt(R.CRASH, checkpoint=True)]
+    assert decide(history, policy(max_restarts=1, crash_loop=0)).action is Action.FAIL
+
+
+# --- crash loops -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "crash_loop, streak, action",
+    [(1, 1, Action.FAIL), (2, 1, Action.RESTART), (2, 2, Action.FAIL), (3, 2, Action.RESTART), (3, 3, Action.FAIL)],
+)
+def test_crash_loop_with_checkpoints(crash_loop: int, streak: int, action: Action) -> None:
+    history = [attempt(R.CRASH, checkpoint=True), *crashes(streak, uptime=10_000)]
+    decision = decide(history, policy(max_restarts=100, crash_loop=crash_loop), job_checkpoints=True)
+    assert decision.action is action
+    if action is Action.FAIL:
+        assert f"crash loop: {streak} attempts" in decision.message
+
+
+def test_a_checkpoint_resets_the_streak() -> None:
+    history = [*crashes(2), attempt(R.CRASH, checkpoint=True), *crashes(2)]
+    assert decide(history, policy(max_restarts=100, crash_loop=3), job_checkpoints=True).action is Action.RESTART
+    history.append(attempt(R.CRASH))
+    assert decide(history, policy(max_restarts=100, crash_loop=3), job_checkpoints=True).action is Action.FAIL
+
+
+def test_a_changed_config_counts_as_progress() -> None:
+    """An OOM that led to a smaller micro-batch is not a crash loop."""
+    history = [attempt(R.CUDA_OOM, changed=True) for _ in range(5)]
+    assert decide(history, policy(max_restarts=100, crash_loop=2), job_checkpoints=True).action is Action.RESTART
+
+
+def test_with_checkpoints_uptime_is_not_progress() -> None:
+    history = crashes(3, uptime=1e6)
+    assert decide(history, policy(max_restarts=100, crash_loop=3), job_checkpoints=True).action is Action.FAIL
+
+
+@pytest.mark.parametrize(
+    "uptime, action", [(0.0, Action.FAIL), (29.9, Action.FAIL), (30.0, Action.RESTART), (3600.0, Action.RESTART)]
+)
+def test_without_checkpoints_min_uptime_is_progress(uptime: float, action: Action) -> None:
+    history = crashes(3, uptime=uptime)
+    decision = decide(history, policy(max_restarts=100, crash_loop=3, min_uptime=30), job_checkpoints=False)
+    assert decision.action is action
+
+
+def test_crash_loop_zero_turns_the_check_off() -> None:
+    history = crashes(50)
+    assert decide(history, policy(max_restarts=50, crash_loop=0), job_checkpoints=True).action is Action.RESTART
+    history.append(attempt(R.CRASH))
+    assert decide(history, policy(max_restarts=50, crash_loop=0), job_checkpoints=True).action is Action.FAIL
+
+
+# --- backoff ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "initial, factor, maximum, consecutive, delay",
+    [
+        (1, 2, 300, 1, 1),
+        (1, 2, 300, 2, 2),
+        (1, 2, 300, 3, 4),
+        (1, 2, 300, 9, 256),
+        (1, 2, 300, 10, 300),
+        (1, 2, 300, 50, 300),
+        (5, 3, 100, 1, 5),
+        (5, 3, 100, 3, 45),
+        (5, 3, 100, 4, 100),
+        (2, 1, 60, 30, 2),
+        (0, 2, 60, 5, 0),
+        (7, 2, 7, 3, 7),
+    ],
+)
+def test_backoff_growth(initial: float, factor: float, maximum: float, consecutive: int, delay: float) -> None:
+    restart = policy(initial=initial, factor=factor, max=maximum)
+    assert backoff_delay(restart, consecutive, NO_JITTER) == pytest.approx(delay)
+
+
+def test_decide_backs_off_by_the_trailing_failures() -> None:
+    restart = policy(initial=1, factor=2, max=300, max_restarts=100, crash_loop=0)
+    delays = [decide(crashes(n), restart).delay for n in range(1, 6)]
+    assert delays == [1, 2, 4, 8, 16]
+
+
+def test_a_success_or_preemption_starts_the_backoff_over() -> None:
+    restart = policy(initial=1, factor=2, max=300, max_restarts=100, crash_loop=0)
+    for between in (R.PREEMPTED, R.INTERRUPTED, R.HOST_RESTART):
+        assert decide([*crashes(4), attempt(between), attempt(R.CRASH)], restart).delay == 1
+
+
+@pytest.mark.parametrize(
+    "spread, draw, low, high",
+    [
+        (0.0, 0.0, 8.0, 8.0),
+        (0.0, 0.999, 8.0, 8.0),
+        (0.1, 0.0, 7.2, 7.2),
+        (0.1, 0.5, 8.0, 8.0),
+        (0.1, 0.999, 8.79, 8.8),
+        (0.5, 0.0, 4.0, 4.0),
+        (0.5, 0.999, 11.98, 12.0),
+        (1.0, 0.0, 0.0, 0.0),
+        (1.0, 0.999, 15.96, 16.0),
+    ],
+)
+def test_jitter_bounds(spread: float, draw: float, low: float, high: float) -> None:
+    restart = policy(initial=1, factor=2, max=300, jitter=spread)
+    assert low <= backoff_delay(restart, 4, draw) <= high
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.75, 0.999])
+def test_jitter_never_exceeds_max(draw: float) -> None:
+    restart = policy(initial=1, factor=2, max=10, jitter=0.5)
+    assert 0 <= backoff_delay(restart, 20, draw) <= 10
+
+
+def test_the_draw_is_the_only_randomness() -> None:
+    restart = RestartPolicy()
+    history = crashes(2)
+    assert decide(history, restart, jitter=0.3) == decide(history, restart, jitter=0.3)
+    assert decide(history, restart, jitter=0.0).delay < decide(history, restart, jitter=0.999).delay
+
+
+def test_decide_does_not_touch_the_history() -> None:
+    history = crashes(3)
+    snapshot = list(history)
+    decide(history, RestartPolicy(), job_checkpoints=True)
+    assert history == snapshot
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason="policy.backoff_delay: factor ** k overflows past ~1024 failures")
+def test_a_very_long_retry_streak_stays_at_max() -> None:
+    restart = policy(initial=1, factor=2, max=300, max_restarts=10_000, crash_loop=0)
+    assert decide(crashes(1100), restart).delay == 300

@@ -1,0 +1,301 @@
+"""JobSpec validation: defaults, coercions, rules, one-sentence errors. Pure, no I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from trainsup.errors import SpecError
+from trainsup.jobs.spec import BatchSize, JobSpec, RestartPolicy, load_spec, parse_spec
+
+
+def spec(**fields: object) -> JobSpec:
+    return JobSpec.model_validate({"name": "job", "command": ["true"], **fields})
+
+
+def error(text: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, "job.yaml")
+    return str(caught.value)
+
+
+# --- defaults ----------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    job = spec()
+    assert job.workdir is None
+    assert job.env == {}
+    assert job.checkpoint_dir is None
+    assert job.grace_period == 30.0
+    assert job.gpus == 0
+    assert job.min_free_memory is None
+    assert job.batch_size is None
+    assert job.restart == RestartPolicy()
+
+
+def test_restart_defaults() -> None:
+    policy = RestartPolicy()
+    assert (policy.max_restarts, policy.initial, policy.max, policy.factor) == (5, 1.0, 300.0, 2.0)
+    assert (policy.jitter, policy.crash_loop, policy.min_uptime) == (0.1, 3, 30.0)
+
+
+def test_human_forms_in_a_spec() -> None:
+    job = parse_spec(
+        "name: j\ncommand: x\ngrace_period: 1m\nmin_free_memory: 20GiB\n"
+        "restart: {initial: 250ms, max: 1h30m, min_uptime: 2m}\n",
+        "job.yaml",
+    )
+    assert job.grace_period == 60.0
+    assert job.min_free_memory == 20 * 2**30
+    assert (job.restart.initial, job.restart.max, job.restart.min_uptime) == (0.25, 5400.0, 120.0)
+
+
+# --- command -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        ("python train.py --lr 3e-4", ["/bin/sh", "-c", "python train.py --lr 3e-4"]),
+        ("exec torchrun x.py", ["/bin/sh", "-c", "exec torchrun x.py"]),
+        (["python", "train.py"], ["python", "train.py"]),
+        (["sleep", 5], ["sleep", "5"]),
+        (["python", "-c", "print(1)", 0.5], ["python", "-c", "print(1)", "0.5"]),
+    ],
+)
+def test_command(command: object, argv: list[str]) -> None:
+    assert spec(command=command).command == argv
+
+
+@pytest.mark.parametrize(
+    "command", ["", "   ", [], [["echo", "hi"]], ["echo", None], ["echo", True], ["echo", {"a": 1}], 5, None]
+)
+def test_bad_command(command: object) -> None:
+    with pytest.raises(ValidationError):
+        spec(command=command)
+
+
+# --- env -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [("x", "x"), (1, "1"), (0.5, "0.5"), (True, "true"), (False, "false"), ("", ""), ("a=b c", "a=b c")],
+)
+def test_env_values_become_text(value: object, text: str) -> None:
+    assert spec(env={"VAR": value}).env == {"VAR": text}
+
+
+def test_env_null_is_empty() -> None:
+    assert spec(env=None).env == {}
+
+
+def test_yaml_env_coercion() -> None:
+    job = parse_spec("name: j\ncommand: x\nenv:\n  A: 1\n  B: yes\n  C: '007'\n  D: 1.50\n", "job.yaml")
+    assert job.env == {"A": "1", "B": "true", "C": "007", "D": "1.5"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"A": {"b": 1}}, {"A": [1]}, {"A": None}, {"1A": "x"}, {"A-B": "x"}, {"": "x"}, {"A B": "x"}, ["A=1"], "A=1"],
+)
+def test_bad_env(env: object) -> None:
+    with pytest.raises(ValidationError):
+        spec(env=env)
+
+
+# --- name ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a", "train-a", "bert_base.v2", "-x", "_x", "0", "a" * 100, "a..b", "A-Z.9"])
+def test_good_names(name: str) -> None:
+    assert spec(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a/b", "../x", ".hidden", ".", "..", "a b", "a\nb", "a" * 101, "naïve", "a:b", "a*", "~x"]
+)
+def test_bad_names(name: str) -> None:
+    with pytest.raises(ValidationError):
+        spec(name=name)
+
+
+def test_name_override_replaces_the_files_name() -> None:
+    assert parse_spec("name: a\ncommand: x\n", "job.yaml", name_override="b").name == "b"
+
+
+def test_name_override_is_validated() -> None:
+    with pytest.raises(SpecError, match="field 'name'"):
+        parse_spec("name: a\ncommand: x\n", "job.yaml", name_override="a/b")
+
+
+def test_name_override_supplies_a_missing_name() -> None:
+    assert parse_spec("command: x\n", "job.yaml", name_override="b").name == "b"
+
+
+# --- batch_size ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch, micro, min_micro",
+    [
+        ({"global": 256, "micro": 64}, 64, 1),
+        ({"global": 256, "micro": 256}, 256, 1),
+        ({"global": 96, "micro": 48, "min_micro": 12}, 48, 12),
+        ({"global": 7, "micro": 1}, 1, 1),
+        ({"global": 8, "micro": 8, "min_micro": 8}, 8, 8),
+    ],
+)
+def test_batch_size(batch: dict, micro: int, min_micro: int) -> None:
+    parsed = spec(batch_size=batch).batch_size
+    assert (parsed.global_, parsed.micro, parsed.min_micro) == (batch["global"], micro, min_micro)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({"global": 10, "micro": 3}, "does not divide"),
+        ({"global": 8, "micro": 16}, "does not divide"),
+        ({"global": 8, "micro": 4, "min_micro": 8}, "min_micro"),
+        ({"global": 0, "micro": 1}, "greater than or equal to 1"),
+        ({"global": 8, "micro": 0}, "greater than or equal to 1"),
+        ({"global": 8, "micro": 4, "min_micro": 0}, "greater than or equal to 1"),
+        ({"micro": 4}, "required"),
+        ({"global": 8}, "required"),
+        ({"global": 8, "micro": 4, "accum": 2}, "unknown field"),
+    ],
+)
+def test_bad_batch_size(batch: dict, message: str) -> None:
+    text = "name: j\ncommand: x\nbatch_size: " + repr(batch).replace("'", "") + "\n"
+    assert message in error(text)
+
+
+def test_batch_size_global_is_read_by_alias_and_dumped_by_alias() -> None:
+    batch = BatchSize.model_validate({"global": 16, "micro": 4})
+    assert batch.model_dump(by_alias=True) == {"global": 16, "micro": 4, "min_micro": 1}
+
+
+# --- restart -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "restart, field",
+    [
+        ({"max_restarts": -1}, "restart.max_restarts"),
+        ({"initial": "10s", "max": "5s"}, "restart"),
+        ({"factor": 0.5}, "restart.factor"),
+        ({"factor": ".inf"}, "restart.factor"),
+        ({"jitter": 1.5}, "restart.jitter"),
+        ({"jitter": -0.1}, "restart.jitter"),
+        ({"crash_loop": -1}, "restart.crash_loop"),
+        ({"min_uptime": "soon"}, "restart.min_uptime"),
+        ({"foo": 1}, "restart.foo"),
+    ],
+)
+def test_bad_restart(restart: dict, field: str) -> None:
+    body = "".join(f"  {key}: {value}\n" for key, value in restart.items())
+    assert f"'{field}'" in error(f"name: j\ncommand: x\nrestart:\n{body}")
+
+
+def test_restart_max_equal_to_initial_is_fine() -> None:
+    assert RestartPolicy(initial=5, max=5).max == 5
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "nan", "inf", "-.inf"])
+def test_durations_must_be_finite(value: str) -> None:
+    assert "field 'grace_period'" in error(f"name: j\ncommand: x\ngrace_period: {value}\n")
+
+
+# --- gpus, memory --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpus, message", [(-1, "greater than or equal to 0"), ("two", "integer"), (1.5, "integer")])
+def test_bad_gpus(gpus: object, message: str) -> None:
+    assert message in error(f"name: j\ncommand: x\ngpus: {gpus}\n")
+
+
+def test_gpus_as_a_numeric_string_is_accepted() -> None:
+    assert spec(gpus="2").gpus == 2
+
+
+@pytest.mark.parametrize("size", ["lots", "-1", "1.5", "20 PB"])
+def test_bad_min_free_memory(size: str) -> None:
+    assert "field 'min_free_memory'" in error(f"name: j\ncommand: x\nmin_free_memory: {size}\n")
+
+
+# --- the spec as a whole -------------------------------------------------------------
+
+
+def test_frozen() -> None:
+    job = spec()
+    with pytest.raises(ValidationError):
+        job.name = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        job.restart.max_restarts = 9  # type: ignore[misc]
+
+
+def test_model_copy_leaves_the_original_alone() -> None:
+    job = spec(workdir="sub")
+    moved = job.model_copy(update={"workdir": Path("/abs")})
+    assert (job.workdir, moved.workdir) == (Path("sub"), Path("/abs"))
+
+
+def test_round_trip_through_json() -> None:
+    job = spec(batch_size={"global": 8, "micro": 4}, env={"A": 1}, min_free_memory="1k", grace_period="1m")
+    again = JobSpec.model_validate(job.model_dump(mode="json", by_alias=True))
+    assert again == job
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("name: j\n", "job.yaml: field 'command' is required."),
+        ("command: x\n", "job.yaml: field 'name' is required."),
+        ("name: j\ncommand: x\nfoo: 1\n", "job.yaml: unknown field 'foo'."),
+        ("name: j\ncommand: x\nrestart: {foo: 1}\n", "job.yaml: unknown field 'restart.foo'."),
+        ("name: j\ncommand: x\ngpus: -1\n", "job.yaml: field 'gpus': input should be greater than or equal to 0."),
+        ("", "job.yaml: the job file is empty."),
+        ("# only a comment\n", "job.yaml: the job file is empty."),
+        ("- a\n- b\n", "job.yaml: a job file must be a mapping of fields such as name: and command:."),
+        ("just text\n", "job.yaml: a job file must be a mapping of fields such as name: and command:."),
+    ],
+)
+def test_error_sentences(text: str, expected: str) -> None:
+    assert error(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [("name: j\ncommand: [a\n  b: : c\n", 3), ("name: j\n\tcommand: x\n", 2), ("name: 'j\n", 2), ("a: b: c\n", 1)],
+)
+def test_yaml_errors_name_the_line(text: str, line: int) -> None:
+    message = error(text)
+    assert message.startswith(f"job.yaml line {line}: not valid YAML (")
+    assert "\n" not in message
+
+
+def test_load_spec_returns_the_text(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\ncommand: x\n")
+    job, text = load_spec(path)
+    assert job.name == "j" and text == "name: j\ncommand: x\n"
+
+
+def test_load_spec_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_load_spec_directory(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read the job file"):
+        load_spec(tmp_path)
+
+
+def test_load_spec_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SpecError, match="cannot read the job file"):
+        load_spec(path)
