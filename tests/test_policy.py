@@ -263,3 +263,44 @@ def test_decide_does_not_touch_the_history() -> None:
 def test_a_very_long_retry_streak_stays_at_max() -> None:
     restart = policy(initial=1, factor=2, max=300, max_restarts=10_000, crash_loop=0)
     assert decide(crashes(1100), restart).delay == 300
+
+
+# --- per-reason budgets (restart.on) ---------------------------------------------------
+
+
+def budgets(**on) -> RestartPolicy:
+    return policy(max_restarts=2, crash_loop=0, on=on)
+
+
+def test_a_reason_with_its_own_budget_counts_alone() -> None:
+    history = [attempt(R.CUDA_OOM) for _ in range(10)]
+    assert decide(history, budgets(cuda_oom=10)).action is Action.RESTART
+    assert decide([*history, attempt(R.CUDA_OOM)], budgets(cuda_oom=10)).action is Action.FAIL
+
+
+def test_own_budgets_do_not_draw_on_max_restarts() -> None:
+    history = [*(attempt(R.CUDA_OOM) for _ in range(5)), *crashes(2)]
+    assert decide(history, budgets(cuda_oom=10)).action is Action.RESTART
+    assert decide([*history, attempt(R.CRASH)], budgets(cuda_oom=10)).action is Action.FAIL
+
+
+def test_reasons_without_a_budget_share_max_restarts() -> None:
+    history = [attempt(R.CRASH), attempt(R.HANG), attempt(R.LOST)]
+    decision = decide(history, budgets(cuda_oom=10))
+    assert decision.action is Action.FAIL and "gave up after 2 restarts" in decision.message
+
+
+def test_a_zero_budget_fails_the_first_time() -> None:
+    assert decide([attempt(R.HANG)], budgets(hang=0)).action is Action.FAIL
+
+
+def test_a_new_configuration_restarts_at_once() -> None:
+    """A smaller micro-batch after a CUDA OOM: no reason to wait."""
+    history = [*crashes(3), attempt(R.CUDA_OOM, changed=True)]
+    decision = decide(history, policy(max_restarts=10, crash_loop=2, initial=10, max=60))
+    assert (decision.action, decision.delay) == (Action.RESTART, 0.0)
+
+
+def test_a_new_configuration_still_spends_the_budget() -> None:
+    history = [attempt(R.CUDA_OOM, changed=True) for _ in range(3)]
+    assert decide(history, policy(max_restarts=2)).action is Action.FAIL

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from trainsup.errors import SpecError
-from trainsup.jobs.spec import BatchSize, JobSpec, RestartPolicy, load_spec, parse_spec
+from trainsup.jobs.spec import BatchSize, HeartbeatPolicy, JobSpec, RestartPolicy, load_spec, parse_spec
 
 
 def spec(**fields: object) -> JobSpec:
@@ -34,6 +34,8 @@ def test_defaults() -> None:
     assert job.min_free_memory is None
     assert job.batch_size is None
     assert job.restart == RestartPolicy()
+    assert job.heartbeat == HeartbeatPolicy()
+    assert job.on_boot == "resume"
 
 
 def test_restart_defaults() -> None:
@@ -175,7 +177,12 @@ def test_bad_batch_size(batch: dict, message: str) -> None:
 
 def test_batch_size_global_is_read_by_alias_and_dumped_by_alias() -> None:
     batch = BatchSize.model_validate({"global": 16, "micro": 4})
-    assert batch.model_dump(by_alias=True) == {"global": 16, "micro": 4, "min_micro": 1}
+    assert batch.model_dump(by_alias=True) == {"global": 16, "micro": 4, "min_micro": 1, "factor": 0.5}
+
+
+@pytest.mark.parametrize("factor", [0, 1, 1.5, -0.5])
+def test_batch_backoff_factor_is_below_one(factor: float) -> None:
+    assert "field 'batch_size.factor'" in error(f"name: j\ncommand: x\nbatch_size: {{global: 8, micro: 8, factor: {factor}}}\n")
 
 
 # --- restart -------------------------------------------------------------------------
@@ -207,6 +214,64 @@ def test_restart_max_equal_to_initial_is_fine() -> None:
 @pytest.mark.parametrize("value", [".nan", ".inf", "nan", "inf", "-.inf"])
 def test_durations_must_be_finite(value: str) -> None:
     assert "field 'grace_period'" in error(f"name: j\ncommand: x\ngrace_period: {value}\n")
+
+
+def test_restart_budgets_per_reason() -> None:
+    job = parse_spec("name: j\ncommand: x\nrestart:\n  on:\n    cuda_oom: 10\n    hang: 0\n", "job.yaml")
+    assert (job.restart.on.cuda_oom, job.restart.on.hang, job.restart.on.crash) == (10, 0, None)
+
+
+@pytest.mark.parametrize("body, field", [("on: {crash: -1}", "restart.on.crash"), ("on: {preempted: 3}", "restart.on.preempted")])
+def test_bad_restart_budgets(body: str, field: str) -> None:
+    assert f"'{field}'" in error(f"name: j\ncommand: x\nrestart:\n  {body}\n")
+
+
+# --- heartbeat, on_boot --------------------------------------------------------------
+
+
+def test_heartbeat_defaults() -> None:
+    beat = HeartbeatPolicy()
+    assert (beat.timeout, beat.first_timeout, beat.checkpoint_timeout) == (None, 3600.0, 1800.0)
+    assert (beat.safety_factor, beat.min_timeout, beat.log_silence) == (5.0, 60.0, None)
+
+
+def test_heartbeat_human_forms() -> None:
+    job = parse_spec("name: j\ncommand: x\nheartbeat: {timeout: 10m, first_timeout: 2h, log_silence: 30m}\n", "job.yaml")
+    assert (job.heartbeat.timeout, job.heartbeat.first_timeout, job.heartbeat.log_silence) == (600.0, 7200.0, 1800.0)
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("timeout: 0", "heartbeat.timeout"),
+        ("first_timeout: 0s", "heartbeat.first_timeout"),
+        ("checkpoint_timeout: 0", "heartbeat.checkpoint_timeout"),
+        ("min_timeout: 0", "heartbeat.min_timeout"),
+        ("safety_factor: 1", "heartbeat.safety_factor"),
+        ("safety_factor: .inf", "heartbeat.safety_factor"),
+        ("interval: 5s", "heartbeat.interval"),
+    ],
+)
+def test_bad_heartbeat(body: str, field: str) -> None:
+    """The daemon's HangPolicy refuses these; the spec must refuse them first."""
+    assert f"'{field}'" in error(f"name: j\ncommand: x\nheartbeat: {{{body}}}\n")
+
+
+def test_every_valid_heartbeat_makes_a_hang_policy() -> None:
+    from trainsup.supervisor.hangs import hang_policy
+
+    job = parse_spec("name: j\ncommand: x\nheartbeat: {timeout: 1ms, first_timeout: 1ms, checkpoint_timeout: 1ms, min_timeout: 1ms, safety_factor: 1.01}\n", "job.yaml")
+    hang_policy(job.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("value", ["resume", "hold"])
+def test_on_boot(value: str) -> None:
+    assert spec(on_boot=value).on_boot == value
+
+
+@pytest.mark.parametrize("value", ["restart", "Hold", "true"])
+def test_bad_on_boot(value: str) -> None:
+    assert "field 'on_boot'" in error(f"name: j\ncommand: x\non_boot: {value}\n")
 
 
 # --- gpus, memory --------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -261,8 +260,4 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("reference")
     run = run_script(["--checkpoint-dir", str(tmp / "ckpt"), "--out", str(tmp / "final.pt")])
     assert run.returncode == 0, run.stderr
-    return torch.load(tmp / "final.pt", weights_only=True)
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst)
+    return {"final": torch.load(tmp / "final.pt", weights_only=True), "checkpoint_dir": tmp / "ckpt"}

@@ -77,7 +77,7 @@ def main() -> None:
                                 torch.nn.Linear(args.hidden, 3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
-    state = {"seen": [], "history": [], "best": None}
+    state = {"seen": [], "history": [], "best": None, "epoch_losses": []}
     slow = float(os.environ.get("TEST_SLOW_SAVE", "0"))
 
     with trainer.Session(model, optimizer, scheduler, extra=state, checkpoint_dir=args.checkpoint_dir,
@@ -85,7 +85,6 @@ def main() -> None:
                          async_save=args.async_save, ops=SlowOps(slow) if slow else None) as session:
         for epoch in session.epochs(args.epochs):
             print(f"event epoch {epoch}", flush=True)
-            losses = []
             for step in session.steps(loader):
                 for i, (ids, x, y) in enumerate(step):
                     x = x * (1 + 0.01 * np.random.rand()) + 0.01 * torch.randn_like(x) + random.random() * 1e-3
@@ -96,10 +95,11 @@ def main() -> None:
                 optimizer.step()
                 optimizer.zero_grad()
                 scheduler.step()
-                losses.append(loss.item())
+                state["epoch_losses"].append(loss.item())
                 session.step_done(loss=loss.item())
                 print(f"event step {session.step}", flush=True)
                 time.sleep(args.step_delay)
+            losses, state["epoch_losses"] = state["epoch_losses"], []
             mean = sum(losses) / max(len(losses), 1)
             state["history"].append(mean)
             state["best"] = mean if state["best"] is None else min(state["best"], mean)

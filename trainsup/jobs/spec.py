@@ -93,11 +93,11 @@ class HeartbeatPolicy(_Strict):
     `safety_factor` × the longest gap seen, unless `timeout` fixes one.
     """
 
-    timeout: Duration | None = None
-    first_timeout: Duration = 3600.0
-    checkpoint_timeout: Duration = 1800.0
-    safety_factor: float = Field(default=5.0, gt=1.0)
-    min_timeout: Duration = 60.0
+    timeout: Duration | None = Field(default=None, gt=0)
+    first_timeout: Duration = Field(default=3600.0, gt=0)
+    checkpoint_timeout: Duration = Field(default=1800.0, gt=0)
+    safety_factor: float = Field(default=5.0, gt=1.0, allow_inf_nan=False)
+    min_timeout: Duration = Field(default=60.0, gt=0)
     log_silence: Duration | None = None  # opt-in hang detection for scripts without the library
 
 
@@ -113,6 +113,7 @@ class JobSpec(_Strict):
     grace_period: Duration = 30.0
     gpus: int = Field(default=0, ge=0)
     min_free_memory: Size | None = None
+    memory_limit: Size | None = None  # host memory; enforced by a cgroup where we can make one
     batch_size: BatchSize | None = None
     heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
     on_boot: Literal["resume", "hold"] = "resume"

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     checkpoint_after  TEXT,
     batch_json      TEXT,
     peak_gpu_memory INTEGER,
+    gpu_uuids       TEXT,
     PRIMARY KEY (job_id, number)
 );
 CREATE INDEX IF NOT EXISTS live_attempts ON attempts(ended_at) WHERE ended_at IS NULL;
@@ -117,6 +118,7 @@ class Attempt:
     checkpoint_after: str | None
     batch: dict[str, int] | None
     peak_gpu_memory: int | None
+    gpu_uuids: list[str] | None = None
 
     @property
     def is_live(self) -> bool:
@@ -149,6 +151,7 @@ def _attempt(row: sqlite3.Row) -> Attempt:
     fields["reason"] = EndReason(row["reason"]) if row["reason"] else None
     batch_json = fields.pop("batch_json")
     fields["batch"] = json.loads(batch_json) if batch_json else None
+    fields["gpu_uuids"] = json.loads(row["gpu_uuids"]) if row["gpu_uuids"] else None
     return Attempt(**fields)
 
 
@@ -262,10 +265,11 @@ class Store:
     def insert_attempt(self, attempt: Attempt) -> None:
         self._db.execute(
             "INSERT INTO attempts (job_id, number, run_dir, log_path, boot_id, started_at,"
-            " checkpoint_before, batch_json) VALUES (?,?,?,?,?,?,?,?)",
+            " checkpoint_before, batch_json, gpu_uuids) VALUES (?,?,?,?,?,?,?,?,?)",
             (attempt.job_id, attempt.number, attempt.run_dir, attempt.log_path, attempt.boot_id,
              attempt.started_at, attempt.checkpoint_before,
-             json.dumps(attempt.batch) if attempt.batch else None),
+             json.dumps(attempt.batch) if attempt.batch else None,
+             json.dumps(attempt.gpu_uuids) if attempt.gpu_uuids else None),
         )
 
     def update_attempt(self, job_id: str, number: int, **fields: Any) -> None:

@@ -20,12 +20,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from trainsup.errors import DaemonAlreadyRunningError
+from trainsup.gpu.probe import probe_from_env
 from trainsup.jobs import inbox
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Store
 from trainsup.paths import StateDir
 from trainsup.supervisor import host
 from trainsup.supervisor.attempts import Attempts
+from trainsup.supervisor.gpus import GpuBook
 from trainsup.supervisor.intake import Intake
 from trainsup.supervisor.notify import SystemdNotifier
 from trainsup.supervisor.recovery import recover
@@ -73,13 +75,15 @@ class Daemon:
         self.state = state
         self.notifier = notifier or SystemdNotifier.from_env()
         self.shutdown_requested = False
+        self.waiting: set[str] = set()
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
         self.state.ensure()
         self.lock = DaemonLock.acquire(self.state)
         self.store = Store.open(self.state.db)
-        self.attempts = Attempts(self.store, self.state, host.boot_id())
+        self.gpus = GpuBook(probe_from_env(os.environ))
+        self.attempts = Attempts(self.store, self.state, host.boot_id(), self.gpus)
         self.intake = Intake(self.store, self.state, self.attempts)
         self._install_signal_handlers()
         observer = Observer()
@@ -105,6 +109,8 @@ class Daemon:
         now = time.time()
         self.intake.ingest_all(now)
         self.attempts.poll(now)
+        self.attempts.watch(now)
+        self.gpus.settle_releases(time.monotonic())
         self._release_backoffs(now)
         if not self.shutdown_requested:
             self._start_queued(now)
@@ -119,10 +125,26 @@ class Daemon:
 
     def _start_queued(self, now: float) -> None:
         for job in self.store.jobs({JobState.QUEUED}):
-            self.attempts.start(job, batch_env={}, gpu_env={}, now=now)
+            gpus, min_free = job.spec.get("gpus", 0), job.spec.get("min_free_memory")
+            if gpus and (impossible := self.gpus.impossible(gpus, min_free)):
+                with self.store.transaction():
+                    self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, result=impossible)
+                    self.store.add_event(job.id, "unplaceable", impossible, now)
+                continue
+            granted = self.gpus.grant(job.id, gpus, min_free)
+            if granted is None:
+                self._note_waiting(job.id, f"waiting for {gpus} free GPU(s)", now)
+                continue
+            self.waiting.discard(job.id)
+            self.attempts.start(job, granted, now)
+
+    def _note_waiting(self, job_id: str, message: str, now: float) -> None:
+        if job_id not in self.waiting:
+            self.waiting.add(job_id)
+            self.store.add_event(job_id, "waiting", message, now)
 
     def _next_timeout(self) -> float:
-        timeout = IDLE_WAKEUP_S
+        timeout = IDLE_WAKEUP_S if not self.waiting else min(IDLE_WAKEUP_S, 0.5)
         if (interval := self.notifier.watchdog_interval) is not None:
             timeout = min(timeout, interval)
         for job in self.store.jobs({JobState.BACKOFF}):

@@ -27,6 +27,7 @@ class LaunchPlan:
     log_path: Path
     batch_env: dict[str, str]
     gpu_env: dict[str, str]
+    cgroup: str | None = None
 
     @property
     def heartbeat_dir(self) -> Path:
@@ -70,6 +71,7 @@ def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
             "log_path": str(plan.log_path),
             "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_NAME),
             "grace_period": spec["grace_period"],
+            "cgroup": plan.cgroup,
         },
     )
     monitor_log = open(plan.run_dir / "monitor.log", "ab")

@@ -7,6 +7,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainsup.supervisor.heartbeat import HangTracker
+
 
 @dataclass
 class LiveAttempt:
@@ -18,9 +20,17 @@ class LiveAttempt:
     monitor_pid: int
     monitor_started: float | None
     pidfd: int | None
+    log_path: Path
+    started_at: float  # wall clock, like heartbeat times
+    spec: dict
+    gpu_uuids: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None  # set when this daemon started the monitor
+    job_pid: int | None = None
     started_seen: bool = False
-    extra: dict = field(default_factory=dict)
+    hang_tracker: HangTracker | None = None
+    hung: bool = False
+    peak_gpu_memory: int = 0
+    seen_pids: set[int] = field(default_factory=set)
 
     def reap_if_child(self) -> None:
         if self.process is not None:

@@ -51,6 +51,7 @@ class AttemptMonitor:
 
     def run(self) -> int:
         _become_subreaper()
+        _join_cgroup(self.launch.get("cgroup"))
         lock_fd = self._acquire_lock()
         if lock_fd is None:
             self._record_end(exit_code=None, signum=None, spawn_error="stopped while waiting for the checkpoint lock")
@@ -183,6 +184,17 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: orphans go to init, the process group still covers most
+
+
+def _join_cgroup(cgroup: str | None) -> None:
+    """Enter the job's memory cgroup before starting the job, so the job starts inside it."""
+    if not cgroup:
+        return
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+            handle.write(str(os.getpid()))
+    except OSError as exc:
+        print(f"trainsup monitor: cannot join cgroup {cgroup}: {exc}", file=sys.stderr)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -80,19 +80,35 @@ def decide(
     return _after_failure(history, policy, job_checkpoints, jitter)
 
 
+def restart_budget(policy: RestartPolicy, reason: EndReason) -> tuple[int, frozenset[EndReason]]:
+    """How many restarts `reason` may use, and which reasons draw on the same budget.
+
+    A reason with its own budget in `restart.on` counts alone; the rest share
+    `max_restarts`.
+    """
+    own = getattr(policy.on, str(reason), None)
+    if own is not None:
+        return own, frozenset({reason})
+    shared = frozenset(r for r in FAILURES if getattr(policy.on, str(r), None) is None)
+    return policy.max_restarts, shared
+
+
 def _after_failure(
     history: Sequence[AttemptRecord], policy: RestartPolicy, job_checkpoints: bool, jitter: float
 ) -> Decision:
     last = history[-1]
-    failures = sum(1 for a in history if a.reason in FAILURES)
-    if failures > policy.max_restarts:
-        return Decision(Action.FAIL, f"{last.reason}; gave up after {policy.max_restarts} restarts")
+    budget, drawing = restart_budget(policy, last.reason)
+    failures = sum(1 for a in history if a.reason in drawing)
+    if failures > budget:
+        return Decision(Action.FAIL, f"{last.reason}; gave up after {budget} restarts")
+    if last.changed_config:
+        return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} at once with a new configuration")
     streak = _trailing_failures_without_progress(history, policy, job_checkpoints)
     if policy.crash_loop and streak >= policy.crash_loop:
         return Decision(Action.FAIL, f"crash loop: {streak} attempts in a row died without progress")
     consecutive = _trailing(history, lambda a: a.reason in FAILURES)
     delay = backoff_delay(policy, consecutive, jitter)
-    return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {policy.max_restarts} in {delay:.1f}s", delay)
+    return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} in {delay:.1f}s", delay)
 
 
 def backoff_delay(policy: RestartPolicy, consecutive_failures: int, jitter: float) -> float:

@@ -14,7 +14,6 @@ from trainsup.jobs.states import EndReason
 from trainsup.jobs.store import Attempt, Store
 from trainsup.supervisor import host
 from trainsup.supervisor.attempts import Attempts
-from trainsup.supervisor.live import LiveAttempt
 
 log = structlog.get_logger("trainsup.recovery")
 
@@ -33,6 +32,7 @@ def _recover_one(store: Store, attempts: Attempts, attempt: Attempt, now: float)
         attempts.finish(attempt.job_id, attempt.number, run_dir, ended, now)
         return
     if attempt.boot_id != attempts.boot_id:
+        store.add_event(attempt.job_id, "host_restart", f"attempt {attempt.number} was running when the machine went down", now)
         attempts.finish(attempt.job_id, attempt.number, run_dir, _unknown_end(now), now, reason=EndReason.HOST_RESTART)
         return
     monitor = _find_live_monitor(attempt)
@@ -58,10 +58,7 @@ def _adopt(store: Store, attempts: Attempts, attempt: Attempt, pid: int, started
     with store.transaction():
         store.update_attempt(attempt.job_id, attempt.number, monitor_pid=pid, monitor_started=started)
         store.add_event(attempt.job_id, "adopted", f"attempt {attempt.number} re-adopted (monitor pid {pid})", now)
-    attempts.live[attempt.job_id] = LiveAttempt(
-        job_id=attempt.job_id, number=attempt.number, run_dir=Path(attempt.run_dir),
-        monitor_pid=pid, monitor_started=started, pidfd=host.open_pidfd(pid),
-    )
+    attempts.adopt(attempt, pid, started)
     job = store.job(attempt.job_id)
     if job.stop_requested:
         attempts.request_stop(job.id)  # the previous daemon may have died before sending it

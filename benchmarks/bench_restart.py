@@ -1,0 +1,191 @@
+"""Figure 1, restart latency: from one attempt's death to the next attempt's first line.
+
+The job is `python job.py`, which prints `time.time()` as its first line and again
+right before it exits 1. The same job runs `restarts` + 1 times under
+
+- trainsup (`max_restarts: N`, `initial: 0s`, jitter 0, crash_loop 0: no backoff),
+- torchrun (`--standalone --nproc-per-node 1 --max-restarts N`, default
+  `--monitor-interval` of 0.1 s), and
+- a bare shell loop (`until python job.py ...; do :; done`): the floor, the cost of
+  starting Python again and nothing else.
+
+For each restart: death→first line = next attempt's first timestamp − previous
+attempt's exit timestamp. trainsup's time is split with its own records:
+
+    detect  = job's exit print → the daemon's step that records the end (event `attempt_ended`)
+              (reap: → the monitor's ended.json; notice: → the daemon's step)
+    decide  = that step → the next monitor process exists (decide, two SQLite commits
+              with synchronous=FULL, fork+exec of the monitor)
+    spawn   = monitor process created → the job's first line
+              (monitor: → started.json, the job forked; job: → its first line)
+
+    python benchmarks/bench_restart.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+JOB = """\
+import sys, time
+print(f"BENCH start {time.time():.6f}", flush=True)
+print(f"BENCH exit {time.time():.6f}", flush=True)
+sys.exit(1)
+"""
+LINE = re.compile(r"BENCH (start|exit) (\d+\.\d+)")
+
+
+def _marks(text: str) -> tuple[list[float], list[float]]:
+    starts, exits = [], []
+    for kind, stamp in LINE.findall(text):
+        (starts if kind == "start" else exits).append(float(stamp))
+    return starts, exits
+
+
+def _gaps(starts: list[float], exits: list[float]) -> list[float]:
+    """Death of attempt n → first line of attempt n+1, for every consecutive pair."""
+    return [s - e for e, s in zip(exits, starts[1:])]
+
+
+def shell_loop(folder: Path, restarts: int) -> dict[str, Any]:
+    script = (f'i=0; until "{common.PYTHON}" job.py || [ "$i" -ge {restarts} ]; do i=$((i+1)); done')
+    started = time.perf_counter()
+    result = subprocess.run(["/bin/sh", "-c", script], cwd=folder, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    starts, exits = _marks(result.stdout)
+    return {"gaps": _gaps(starts, exits), "attempts": len(starts), "wall_s": wall}
+
+
+def torchrun(folder: Path, restarts: int) -> dict[str, Any]:
+    argv = [*common.TORCHRUN, "--standalone", "--nnodes", "1", "--nproc-per-node", "1",
+            "--max-restarts", str(restarts), "job.py"]
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"torchrun did not finish in {exc.timeout:.0f} s"}
+    wall = time.perf_counter() - started
+    starts, exits = _marks(result.stdout + result.stderr)
+    if len(starts) < 2:
+        return {"error": f"torchrun ran {len(starts)} attempts: {(result.stderr or '')[-400:]}"}
+    return {"gaps": _gaps(starts, exits), "attempts": len(starts), "wall_s": wall}
+
+
+def trainsup(folder: Path, restarts: int) -> dict[str, Any]:
+    spec = common.write_job(
+        folder, "restart-bench", [common.PYTHON, "job.py"],
+        restart={"max_restarts": restarts, "initial": "0s", "max": "0s", "jitter": 0, "crash_loop": 0},
+    )
+    with common.Daemon(folder / "state") as daemon:
+        started = time.perf_counter()
+        job_id = daemon.submit(spec)
+        final = daemon.wait_state(job_id, {"failed", "succeeded", "cancelled"}, timeout=60 + restarts * 10)
+        wall = time.perf_counter() - started
+        if final is None:
+            return {"error": f"the job did not finish: {daemon.job_state(job_id)}"}
+        attempts = daemon.attempts(job_id)
+        events = daemon.events(job_id)
+    ended_event = {}
+    for event in events:
+        if event["kind"] == "attempt_ended":
+            number = int(event["message"].split()[1])
+            ended_event[number] = event["at"]
+    boot_offset = _boot_time_error()
+    rows = []
+    for attempt in attempts:
+        run_dir = Path(attempt["run_dir"])
+        starts, exits = _marks(Path(attempt["log_path"]).read_text())
+        rows.append({
+            "number": attempt["number"],
+            "start": starts[0] if starts else None,
+            "exit": exits[-1] if exits else None,
+            "monitor_created": _precise(attempt["monitor_started"], boot_offset),
+            "job_forked": (_read(run_dir / "started.json") or {}).get("started_at"),
+            "monitor_recorded_end": (_read(run_dir / "ended.json") or {}).get("ended_at"),
+            "daemon_recorded_end": ended_event.get(attempt["number"]),
+        })
+    phases: dict[str, list[float]] = {k: [] for k in
+                                      ("total", "detect", "reap", "notice", "decide", "spawn", "monitor", "job")}
+    for prev, nxt in zip(rows, rows[1:]):
+        if None in (prev["exit"], nxt["start"], prev["daemon_recorded_end"], nxt["monitor_created"]):
+            continue
+        phases["total"].append(nxt["start"] - prev["exit"])
+        phases["detect"].append(prev["daemon_recorded_end"] - prev["exit"])
+        phases["reap"].append(prev["monitor_recorded_end"] - prev["exit"])
+        phases["notice"].append(prev["daemon_recorded_end"] - prev["monitor_recorded_end"])
+        phases["decide"].append(nxt["monitor_created"] - prev["daemon_recorded_end"])
+        phases["spawn"].append(nxt["start"] - nxt["monitor_created"])
+        phases["monitor"].append(nxt["job_forked"] - nxt["monitor_created"])
+        phases["job"].append(nxt["start"] - nxt["job_forked"])
+    return {"gaps": phases["total"], "attempts": len(rows), "wall_s": wall, "phases": phases}
+
+
+def _boot_time_error() -> float:
+    """psutil's create_time counts from /proc/stat's btime, a whole second: how far off it is."""
+    import psutil
+
+    precise_boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return psutil.boot_time() - precise_boot
+
+
+def _precise(create_time: float | None, boot_error: float) -> float | None:
+    """A psutil create_time (10 ms ticks) on the precise boot clock."""
+    return None if create_time is None else create_time - boot_error
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    restarts = 10 if quick else 20
+    results: dict[str, Any] = {}
+    with common.workdir("restart") as tmp:
+        (tmp / "job.py").write_text(JOB)
+        for name, runner in (("shell loop", shell_loop), ("trainsup", trainsup), ("torchrun", torchrun)):
+            try:
+                results[name] = runner(tmp, restarts)
+            except Exception as exc:  # a broken alternative must not sink the other figures
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    figures: dict[str, Any] = {}
+    for name, result in results.items():
+        if "error" in result:
+            figures[name] = {"error": result["error"]}
+            continue
+        figures[name] = {**common.summary(result["gaps"], 1000.0), "attempts": result["attempts"],
+                         "wall_s": result["wall_s"]}
+    breakdown = {}
+    if "phases" in results.get("trainsup", {}):
+        breakdown = {phase: common.summary(values, 1000.0)
+                     for phase, values in results["trainsup"]["phases"].items() if phase != "total"}
+    floor = figures.get("shell loop", {}).get("median")
+    ratios = {f"{name} / shell loop": common.ratio(figures[name].get("median"), floor)
+              for name in ("trainsup", "torchrun") if name in figures}
+    ratios["trainsup / torchrun"] = common.ratio(figures.get("trainsup", {}).get("median"),
+                                                 figures.get("torchrun", {}).get("median"))
+    return {
+        "figure": "restart",
+        "title": f"Restart latency, death → next attempt's first line (ms, median of {restarts} restarts)",
+        "unit": "ms",
+        "restarts": restarts,
+        "supervisors": figures,
+        "trainsup_breakdown": breakdown,
+        "ratios": ratios,
+    }
+
+
+if __name__ == "__main__":
+    common.standalone_main(run)

@@ -1,0 +1,122 @@
+"""Graceful shutdown: SIGTERM to the daemon checkpoints every job and requeues it.
+
+Real daemon, real monitors, real signals; a real trainsup.trainer run for exactness.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
+
+PY = sys.executable
+RESUMED_WITHOUT_FAILURE = {"interrupted", "preempted"}
+
+
+def _logs(cli: Cli, job: str) -> str:
+    return cli.run("logs", job).stdout
+
+
+def _plain_env(tmp_path: Path) -> dict[str, str]:
+    """An environment with no trace of a supervisor: the trainer runs on its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINSUP_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_sigterm_checkpoints_requeues_and_resumes_exactly(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    import torch
+
+    script = JOBS / "trainer_job.py"
+    # The same run, uninterrupted and outside the daemon, in parallel with the supervised one.
+    reference_out = tmp_path / "reference.pt"
+    reference = subprocess.Popen(
+        [PY, str(script), "--out", str(reference_out), "--checkpoint-dir", str(tmp_path / "reference-ckpt")],
+        env=_plain_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    supervised_out = tmp_path / "supervised.pt"
+    spec = write_spec(
+        tmp_path / "train.yaml", name="train",
+        command=[PY, str(script), "--out", str(supervised_out), "--step-delay", "0.1"],
+        checkpoint_dir="ckpt", grace_period="60s", restart={"max_restarts": 0},
+    )
+    daemon.start()
+    job = cli.submit(spec)
+    wait_for(lambda: "event step 6\n" in _logs(cli, job), 90, 0.2, "the job to reach step 6")
+
+    assert daemon.stop(timeout=90) == 0, "the daemon exits 0 after its jobs checkpointed"
+
+    stopped = cli.job(job)
+    assert stopped["state"] == "queued", "back in the queue, not failed"
+    [first] = stopped["attempts"]
+    assert first["exit_code"] == 75 and first["signal"] is None, first
+    assert first["reason"] in RESUMED_WITHOUT_FAILURE, first
+    assert first["checkpoint_after"] is not None, "it checkpointed on SIGTERM"
+    saved_step = int(first["checkpoint_after"].split("-")[1])
+    assert 6 <= saved_step < 36, "stopped mid-run, at a step boundary after SIGTERM"
+    log = _logs(cli, job)
+    assert "SIGTERM received" in log and "exit code 75" in log
+    assert not supervised_out.exists()
+
+    daemon.start()
+    final = cli.wait_state(job, "succeeded", "failed", timeout=120)
+    assert final["state"] == "succeeded", _logs(cli, job)
+    assert [a["reason"] for a in final["attempts"]] == [first["reason"], "succeeded"]
+    assert f"event start step {saved_step}" in _logs(cli, job), "attempt 2 resumed from the SIGTERM checkpoint"
+
+    output, _ = reference.communicate(timeout=120)
+    assert reference.returncode == 0, output
+    resumed = torch.load(supervised_out, weights_only=True)
+    uninterrupted = torch.load(reference_out, weights_only=True)
+    assert resumed["step"] == uninterrupted["step"] == 36
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), f"{name} differs after an interrupted run"
+
+
+def test_job_ignoring_sigterm_is_killed_after_grace_and_requeued(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    spec = write_spec(
+        tmp_path / "stubborn.yaml", name="stubborn",
+        command=[PY, str(JOBS / "resumable.py"), "--steps", "1000", "--interval", "0.05", "--on-term", "ignore"],
+        grace_period="1s", restart={"max_restarts": 0},
+    )
+    daemon.start()
+    job = cli.submit(spec)
+    wait_for(lambda: "step 3\n" in _logs(cli, job), 60, 0.2, "the job to run")
+    assert daemon.stop(timeout=60) == 0
+
+    stopped = cli.job(job)
+    assert stopped["state"] == "queued", stopped
+    [first] = stopped["attempts"]
+    assert first["signal"] == 9 and first["reason"] == "interrupted", first
+    events = [e["kind"] for e in cli.json("show", job)["events"]]
+    assert "daemon_stopping" in events
+
+    daemon.start()
+    started_again = wait_for(lambda: len((s := cli.job(job))["attempts"]) == 2 and s, 60, 0.2, "attempt 2")
+    assert started_again["state"] in ("starting", "running")
+    resumed_at = wait_for(lambda: "attempt 2 starting at step" in (log := _logs(cli, job)) and log, 60, 0.2, "attempt 2 log")
+    assert int(resumed_at.split("attempt 2 starting at step ")[1].split()[0]) >= 3, "resumed from its checkpoints"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "classify() checks exit 75 before stop_requested, so an attempt the daemon stopped "
+    "on shutdown is recorded 'preempted' rather than 'interrupted' (and one stopped by "
+    "cancel is recorded 'preempted' while the job ends 'cancelled')"))
+def test_exit_75_on_shutdown_is_recorded_interrupted(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    spec = write_spec(
+        tmp_path / "polite.yaml", name="polite",
+        command=[PY, str(JOBS / "resumable.py"), "--steps", "1000", "--interval", "0.05"],
+        grace_period="30s",
+    )
+    daemon.start()
+    job = cli.submit(spec)
+    wait_for(lambda: "step 2\n" in _logs(cli, job), 60, 0.2, "the job to run")
+    assert daemon.stop(timeout=60) == 0
+    [first] = cli.job(job)["attempts"]
+    assert first["exit_code"] == 75
+    assert first["reason"] == "interrupted"
