@@ -130,3 +130,14 @@ def test_ambiguous_name_prefix(cli: Cli, tmp_path: Path, command: str) -> None:
     assert f"train-a ({first})" in line and f"train-b ({second})" in line
     assert inbox(cli) == queued
     assert cli.job("train-a")["id"] == first
+
+
+def test_paths_resolve_from_the_job_file_and_home(cli: Cli, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    cli.env["HOME"] = str(home)
+    path = write_spec(tmp_path / "job.yaml", name="tilde", command="true", workdir="~/proj", checkpoint_dir="ckpt")
+    cli.submit(path)
+    (request,) = [json.loads(p.read_text()) for p in (Path(cli.env["TRAINSUP_HOME"]) / "inbox").iterdir()]
+    assert request["spec"]["workdir"] == str((home / "proj").resolve())
+    assert request["spec"]["checkpoint_dir"] == str((home / "proj" / "ckpt").resolve())

@@ -301,6 +301,14 @@ def test_a_new_configuration_restarts_at_once() -> None:
     assert (decision.action, decision.delay) == (Action.RESTART, 0.0)
 
 
-def test_a_new_configuration_still_spends_the_budget() -> None:
+def test_a_new_configuration_does_not_spend_the_shared_budget() -> None:
+    """Batch backoff ends by itself at min_micro; max_restarts is for real failures."""
+    history = [attempt(R.CUDA_OOM, changed=True) for _ in range(6)]
+    assert decide(history, policy(max_restarts=2)).action is Action.RESTART
+    assert decide([*history, *crashes(3, checkpoint=True)], policy(max_restarts=2, crash_loop=0)).action is Action.FAIL
+
+
+def test_a_new_configuration_spends_its_own_budget() -> None:
     history = [attempt(R.CUDA_OOM, changed=True) for _ in range(3)]
-    assert decide(history, policy(max_restarts=2)).action is Action.FAIL
+    assert decide(history[:2], policy(max_restarts=9, on={"cuda_oom": 2})).action is Action.RESTART
+    assert decide(history, policy(max_restarts=9, on={"cuda_oom": 2})).action is Action.FAIL

@@ -23,7 +23,7 @@ def test_the_table_has_the_edges_we_mean() -> None:
     """A change to the table must be a deliberate change to this test."""
     after_attempt = {S.SUCCEEDED, S.FAILED, S.BACKOFF, S.QUEUED, S.HELD}
     assert TRANSITIONS == {
-        S.QUEUED: {S.STARTING, S.HELD, S.CANCELLED},
+        S.QUEUED: {S.STARTING, S.HELD, S.CANCELLED, S.FAILED},  # failed: can never be placed
         S.HELD: {S.QUEUED, S.CANCELLED},
         S.STARTING: {S.RUNNING, S.STOPPING} | after_attempt,
         S.RUNNING: {S.STOPPING} | after_attempt,
@@ -78,6 +78,10 @@ def test_a_live_attempt_is_cancelled_only_through_stopping(state: JobState) -> N
 
 def test_only_stopping_or_waiting_states_reach_cancelled() -> None:
     assert {a for a, b in ALLOWED if b is S.CANCELLED} == {S.QUEUED, S.HELD, S.BACKOFF, S.STOPPING}
+
+
+def test_only_an_unplaceable_job_fails_without_an_attempt() -> None:
+    assert {a for a, b in ALLOWED if b is S.FAILED} == {S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING}
 
 
 def test_only_queued_starts() -> None:

@@ -158,9 +158,9 @@ def test_async_save_snapshots_then_persists(tmp_path: Path) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)  # the training loop moves on while the save persists
-        session._wait_background(raise_errors=True)
+        checkpoint = session.wait_for_save()
+        assert checkpoint is not None and checkpoint.name == "step-000000001"
         assert (tmp_path / "LATEST").read_text() == "step-000000001\n"
-        session._dirty = False
     state = torch.load(tmp_path / "step-000000001" / "state.pt", weights_only=True)
     for saved, old in zip(state["model"].values(), before):
         assert torch.equal(saved, old)
@@ -237,3 +237,33 @@ def test_resume_with_a_smaller_micro_batch_keeps_the_sample_position(tmp_path: P
                 session.step_done()
     assert seen == ResumableSampler(DATA, seed=3).order()
     assert session.step == 3
+
+
+def test_a_failed_periodic_save_is_logged_and_training_continues(helpers: Any, tmp_path: Path,
+                                                                trainer_log: Any) -> None:
+    model, optimizer = make()
+    with session_for(tmp_path, model, optimizer, save_every_steps=2, save_on_exit=False) as session:
+        session.step_done()
+        session.step_done()  # step 2: saved
+        session.store.ops = helpers.NoSpaceOps(budget=0)
+        session.step_done()
+        session.step_done()  # step 4: the disk is full
+        assert session.step == 4 and session.last_checkpoint is not None and session.last_checkpoint.step == 2
+    errors = [r.getMessage() for r in trainer_log.records if r.levelname == "ERROR"]
+    assert errors == ["Saving checkpoint step-000000004 failed (No space left on device); the previous checkpoint "
+                      "step-000000002 is intact. Training continues; the next save will try again."]
+    assert [p.name for p in session.store.step_dirs()] == ["step-000000002"]
+
+
+def test_saving_between_micro_batches_is_refused(tmp_path: Path) -> None:
+    model, optimizer = make()
+    with session_for(tmp_path, model, optimizer, save_on_exit=False) as session:
+        loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
+        for _ in session.epochs(1):
+            for step in session.steps(loader, grad_accum=2):
+                for _batch in step:
+                    with pytest.raises(trainer.LoopUsageError, match="step boundary"):
+                        session.save()
+                    break
+                break
+            break

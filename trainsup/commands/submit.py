@@ -22,7 +22,7 @@ def new_job_id() -> str:
 def resolve(spec: JobSpec, spec_path: Path, state: StateDir, job_id: str) -> JobSpec:
     """Absolute workdir and checkpoint dir; relative paths start at the job file's folder."""
     base = spec_path.resolve().parent
-    workdir = (base / spec.workdir).resolve() if spec.workdir else base
+    workdir = (base / spec.workdir.expanduser()).resolve() if spec.workdir else base
     if not workdir.is_dir():
         raise SpecError(f"{spec_path}: field 'workdir': {workdir} is not a directory.")
     if spec.checkpoint_dir is not None:

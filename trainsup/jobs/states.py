@@ -42,7 +42,7 @@ _S = JobState
 _AFTER_ATTEMPT = {_S.SUCCEEDED, _S.FAILED, _S.BACKOFF, _S.QUEUED, _S.HELD}
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    _S.QUEUED: frozenset({_S.STARTING, _S.HELD, _S.CANCELLED}),
+    _S.QUEUED: frozenset({_S.STARTING, _S.HELD, _S.CANCELLED, _S.FAILED}),  # failed: can never be placed
     _S.HELD: frozenset({_S.QUEUED, _S.CANCELLED}),
     _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING} | _AFTER_ATTEMPT),
     _S.RUNNING: frozenset({_S.STOPPING} | _AFTER_ATTEMPT),

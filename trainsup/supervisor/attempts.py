@@ -262,9 +262,9 @@ class Attempts:
                 reason=a.reason,
                 uptime=(a.ended_at or a.started_at) - a.started_at,
                 new_checkpoint=a.checkpoint_after is not None and a.checkpoint_after != a.checkpoint_before,
-                changed_config=changed_config and a is attempts[-1],
+                changed_config=changed_config if a is attempts[-1] else attempts[i + 1].batch != a.batch,
             )
-            for a in attempts
+            for i, a in enumerate(attempts)
         ]
         return decide(
             history,

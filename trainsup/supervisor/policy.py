@@ -98,9 +98,14 @@ def _after_failure(
 ) -> Decision:
     last = history[-1]
     budget, drawing = restart_budget(policy, last.reason)
-    failures = sum(1 for a in history if a.reason in drawing)
+    own_budget = getattr(policy.on, str(last.reason), None) is not None
+    # A failure answered by a new configuration (a smaller micro-batch) spends the
+    # shared budget only if the reason has no budget of its own.
+    failures = sum(1 for a in history if a.reason in drawing and (own_budget or not a.changed_config))
     if failures > budget:
         return Decision(Action.FAIL, f"{last.reason}; gave up after {budget} restarts")
+    if last.changed_config and not own_budget:
+        return Decision(Action.RESTART, f"{last.reason}; restarting at once with a new configuration")
     if last.changed_config:
         return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} at once with a new configuration")
     streak = _trailing_failures_without_progress(history, policy, job_checkpoints)

@@ -111,11 +111,13 @@ class Session:
         self._iterator_this_epoch = False
         self._consumed = 0
         self._step_open = False
+        self._mid_step = False
         self._dirty = False
         self._last_save = time.monotonic()
         self._samples_seen = 0
         self._beat_mark = (time.monotonic(), 0)
         self._phase: Phase = "train"
+        self._snapshot_buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -309,7 +311,7 @@ class Session:
         self._require_started()
         self.step += 1
         self.position = self._consumed
-        self._step_open = False
+        self._step_open = self._mid_step = False
         self._dirty = True
         self.report(**metrics)
         due = bool(self.save_every_steps and self.step % self.save_every_steps == 0) or bool(
@@ -363,6 +365,8 @@ class Session:
             CheckpointSaveError: the save failed; the previous checkpoint is intact.
         """
         self._require_started()
+        if self._mid_step:
+            raise LoopUsageError("Save at a step boundary (after step_done), not between the micro-batches of a step.")
         self._wait_background()
         self._beat("checkpoint", force=True)
         step = self.step
@@ -371,7 +375,9 @@ class Session:
         self._dirty = False
         self._last_save = time.monotonic()
         if self.async_save and not wait:
-            state = statefile.snapshot(state)
+            state = statefile.snapshot(state, self._snapshot_buffers)
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the non-blocking copies to pinned memory
             self._background.start(lambda: self._persist(step, state, meta))
             self._beat(self._phase, force=True)
             return None
@@ -383,6 +389,18 @@ class Session:
         finally:
             self._beat(self._phase, force=True)
         return checkpoint
+
+    def wait_for_save(self) -> Checkpoint | None:
+        """Block until a background save is durable; return it (None if none was in flight).
+
+        Raises:
+            CheckpointSaveError: the background save failed.
+        """
+        try:
+            return self._background.wait()
+        except CheckpointSaveError:
+            self._dirty = True
+            raise
 
     def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
         started = time.monotonic()
@@ -417,9 +435,8 @@ class Session:
 
     def _wait_background(self, raise_errors: bool = False) -> None:
         try:
-            self._background.wait()
+            self.wait_for_save()
         except CheckpointSaveError as exc:
-            self._dirty = True
             if raise_errors:
                 raise
             log.error("%s Training continues; the next save will try again.", exc)
@@ -472,6 +489,7 @@ class Step:
                 self.size = self.pulled
                 return
             self.pulled += 1
+            session._mid_step = True
             taken = min(self._micro, self._total - session._consumed)
             session._consumed += taken
             session._samples_seen += taken

@@ -52,19 +52,32 @@ def collect(components: Components) -> dict[str, Any]:
     return state
 
 
-def snapshot(obj: Any) -> Any:
-    """A deep copy with every tensor copied to CPU memory, for a save in the background."""
+def snapshot(obj: Any, buffers: dict[tuple[Any, ...], torch.Tensor] | None = None,
+             _path: tuple[Any, ...] = ()) -> Any:
+    """A deep copy with every tensor copied to CPU memory, for a save in the background.
+
+    `buffers` keeps the CPU copies between saves: copying into memory that is already
+    mapped (and pinned, for CUDA tensors) is several times faster than allocating it.
+    Reuse is safe because a snapshot is only taken once the previous save is durable.
+    """
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        if buffers is None or not obj.is_contiguous() or obj.layout != torch.strided:
+            return obj.detach().to("cpu", copy=True)
+        buffer = buffers.get(_path)
+        if buffer is None or buffer.shape != obj.shape or buffer.dtype != obj.dtype:
+            pinned = obj.is_cuda and torch.cuda.is_available()
+            buffer = buffers[_path] = torch.empty_like(obj, device="cpu", pin_memory=pinned)
+        buffer.copy_(obj.detach(), non_blocking=obj.is_cuda)
+        return buffer
     if isinstance(obj, dict):
         copied = OrderedDict() if isinstance(obj, OrderedDict) else {}
         for key, value in obj.items():
-            copied[key] = snapshot(value)
+            copied[key] = snapshot(value, buffers, (*_path, key))
         if hasattr(obj, "_metadata"):
             copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
         return copied
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
+        return type(obj)(snapshot(v, buffers, (*_path, i)) for i, v in enumerate(obj))
     return copy.deepcopy(obj)
 
 

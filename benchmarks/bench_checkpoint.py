@@ -1,0 +1,141 @@
+"""What power safety costs: save times for the same state, in the same run.
+
+For each size, the median of --repeats runs of:
+  torch.save         plain torch.save to a file (page cache only)
+  torch.save+fsync   the same, then fsync the file
+  power-safe         trainsup's protocol: temp dir, sha256, fsync files, manifest,
+                     fsync dir, rename, fsync parent, LATEST, retention
+  async stall        how long the training loop waits with async_save (CPU snapshot)
+  async durable      from the start of that save until it is durable in the background
+
+    python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
+                                          [--device cuda] [--json PATH]
+
+Write to a real disk (--dir): on tmpfs, fsync costs nothing and the figures mislead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainsup.trainer import CheckpointStore, Retention, Session  # noqa: E402
+from trainsup.units import parse_size  # noqa: E402
+
+
+def model_of(size: int) -> torch.nn.Module:
+    """A module whose parameters take `size` bytes, in 8 MiB tensors like a real model's layers."""
+    model = torch.nn.Module()
+    chunk = 2 << 20  # float32 elements
+    remaining, index = size // 4, 0
+    while remaining > 0:
+        n = min(chunk, remaining)
+        model.register_parameter(f"p{index}", torch.nn.Parameter(torch.randn(n)))
+        remaining, index = remaining - n, index + 1
+    return model
+
+
+def timed(work: Callable[[], None], repeats: int, reset: Callable[[], None]) -> float:
+    samples = []
+    for _ in range(repeats):
+        reset()
+        started = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, float]:
+    model = model_of(size).to(device)
+    state = {"model": model.state_dict()}
+    target = root / "plain.pt"
+
+    def clean() -> None:
+        if target.exists():
+            target.unlink()
+        for path in root.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+
+    def save_fsync() -> None:
+        with open(target, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+
+    store = CheckpointStore(root / "store", retention=Retention(keep_last=1))
+    step = iter(range(1, 10**6))
+
+    def power_safe() -> None:
+        meta = {"epoch": 0, "position": 0, "torch_version": torch.__version__, "created": time.time()}
+        store.save(next(step), {"state.pt": lambda f: torch.save(state, f)}, meta)
+
+    def prepare_store() -> None:
+        clean()
+        store.prepare()
+
+    results = {
+        "torch.save": timed(lambda: torch.save(state, target), repeats, clean),
+        "torch.save+fsync": timed(save_fsync, repeats, clean),
+        "power-safe": timed(power_safe, repeats, prepare_store),
+    }
+    stalls, durable = [], []
+    clean()
+    with Session(model, checkpoint_dir=root / "async", async_save=True, handle_signals=False, environ={},
+                 save_every_seconds=None, save_on_exit=False, keep_last=1) as session:
+        for _ in range(repeats):
+            session.step_done()
+            started = time.perf_counter()
+            session.save()
+            stalls.append(time.perf_counter() - started)
+            session.wait_for_save()
+            durable.append(time.perf_counter() - started)
+    results["async stall"] = statistics.median(stalls)
+    results["async durable"] = statistics.median(durable)
+    clean()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10MB,100MB", help="comma-separated, e.g. 10MB,100MB,1GB")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path.cwd(), help="where to write (a real disk)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--device", default="cpu", help="where the state lives, e.g. cuda")
+    args = parser.parse_args()
+    import logging
+
+    logging.getLogger("trainsup.trainer").setLevel(logging.WARNING)
+    sizes = [(text.strip(), parse_size(text.strip())) for text in args.sizes.split(",") if text.strip()]
+    root = Path(tempfile.mkdtemp(prefix=".bench-checkpoint-", dir=args.dir))
+    report: dict[str, object] = {"torch": torch.__version__, "dir": str(args.dir), "device": args.device,
+                                 "repeats": args.repeats, "sizes": {}}
+    try:
+        print(f"writing to {args.dir}; medians of {args.repeats} runs, seconds")
+        header = ["size", "torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable"]
+        print("  ".join(f"{h:>16}" for h in header))
+        for label, size in sizes:
+            figures = bench_size(size, args.repeats, root, args.device)
+            report["sizes"][label] = figures  # type: ignore[index]
+            print("  ".join([f"{label:>16}"] + [f"{figures[h]:>16.4f}" for h in header[1:]]), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
