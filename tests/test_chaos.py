@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import textwrap
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import JOBS, TRAINSUP, Cli, DaemonProcess, wait_for, write_spec
 
@@ -113,24 +116,59 @@ def test_thirty_daemon_kills_during_a_stream_of_jobs(cli: Cli, daemon: DaemonPro
     wait_for(settled, 90, 0.5, "every job to end")
     elapsed = time.monotonic() - started
 
-    problems = []
+    problems, phantoms = [], 0
     for name, kind in zip(names, kinds):
         status = cli.job(ids[name])
-        state, reasons = EXPECTED[kind]
         attempts = status["attempts"]
-        if status["state"] != state or [a["reason"] for a in attempts] != reasons:
+        assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1)), name
+        assert all(a["ended_at"] is not None and a["ended_at"] >= a["started_at"] and a["reason"] for a in attempts), \
+            f"{name}: every attempt ended: {attempts}"
+        # An attempt whose process never started: the daemon died between recording
+        # it and spawning its monitor. See test_daemon_death_before_spawn_is_not_a_failure.
+        ran_attempts = [a for a in attempts if a["pid"] is not None]
+        phantoms += len(attempts) - len(ran_attempts)
+        state, reasons = EXPECTED[kind]
+        if status["state"] != state or [a["reason"] for a in ran_attempts] != reasons:
             problems.append(f"{name}: {status['state']} {[(a['reason'], a['detail']) for a in attempts]}")
             continue
-        assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1)), name
-        assert all(a["ended_at"] is not None and a["ended_at"] >= a["started_at"] for a in attempts), name
         ran = _records(records[name])
-        assert [r["attempt"] for r in sorted(ran, key=lambda r: r["attempt"])] == [a["number"] for a in attempts], \
-            f"{name}: every attempt ran exactly one process: {ran}"
+        assert sorted(r["attempt"] for r in ran) == [a["number"] for a in ran_attempts], \
+            f"{name}: every attempt ran exactly one process: {ran} {attempts}"
+        assert {a["pid"] for a in ran_attempts} == {r["pid"] for r in ran}, name
         assert all(r["end"] is not None for r in ran), f"{name}: a process never finished: {ran}"
         for before, after in zip(ran, ran[1:]):
             assert before["end"] <= after["start"], f"{name}: attempts overlapped: {before} {after}"
-        assert {a["pid"] for a in attempts} == {r["pid"] for r in ran}, name
         finished = [r for r in ran if r["exit_code"] == 0]
         assert len(finished) == (0 if kind == "cancel" else 1), f"{name} finished {len(finished)} times"
     assert not problems, "\n".join(problems)
-    print(f"chaos: {KILLS} daemon kills, {len(names)} jobs, {elapsed:.1f}s")
+    print(f"chaos: {KILLS} daemon kills, {len(names)} jobs, {phantoms} attempts never spawned, {elapsed:.1f}s")
+
+
+# The real daemon, dying (as if SIGKILLed) the moment it would spawn an attempt's
+# monitor: the attempt row is committed; no monitor and no job process ever exist.
+DIE_BEFORE_SPAWN = textwrap.dedent("""
+    import os
+    from trainsup.paths import StateDir
+    from trainsup.supervisor import attempts
+    from trainsup.supervisor.daemon import Daemon
+
+    attempts.start_monitor = lambda *args, **kwargs: os._exit(137)
+    Daemon(StateDir.from_env()).run()
+""")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "recovery records an attempt whose monitor was never spawned (daemon killed inside "
+    "Attempts.start, after the attempt row was committed) as 'lost', a failure: it uses up "
+    "max_restarts and counts toward crash_loop although the job never ran"))
+def test_daemon_death_before_spawn_is_not_a_failure(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    spec = write_spec(tmp_path / "once.yaml", name="once", command="echo ran",
+                      restart={"max_restarts": 0, "initial": "0.05s"})
+    job = cli.submit(spec)
+    died = subprocess.run([PY, "-c", DIE_BEFORE_SPAWN], env=cli.env, capture_output=True, text=True, timeout=60)
+    assert died.returncode == 137, died.stderr
+    [phantom] = cli.job(job)["attempts"]
+    assert phantom["ended_at"] is None and phantom["pid"] is None
+    daemon.start()
+    final = cli.wait_state(job, "succeeded", "failed")
+    assert final["state"] == "succeeded", final["result"]

@@ -203,3 +203,17 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_resubmitting_a_sweep_reruns_only_what_did_not_succeed(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    daemon.start()
+    specs = [write_spec(tmp_path / f"sweep-{i}.yaml", name=f"sweep-{i}", restart={"max_restarts": 0},
+                        command=f'[ "{i}" != 1 ] || [ -e {tmp_path}/fixed ]') for i in range(3)]
+    first = [cli.submit(spec) for spec in specs]
+    states = [cli.wait_state(job, "succeeded", "failed")["state"] for job in first]
+    assert states == ["succeeded", "failed", "succeeded"], "one failing job does not block the others"
+    (tmp_path / "fixed").touch()
+    second = [cli.json("submit", str(spec)) for spec in specs]
+    assert [s.get("skipped", False) for s in second] == [True, False, True]
+    assert cli.wait_state(second[1]["id"], "succeeded", "failed")["state"] == "succeeded"
+    assert len(cli.json("status")) == 4

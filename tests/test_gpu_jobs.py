@@ -47,7 +47,7 @@ def test_cuda_oom_backs_off_micro_batch_until_it_fits(cli: Cli, daemon: DaemonPr
     assert "micro-batch 64 → 32" in timeline and "global batch 256 unchanged" in timeline
 
     # A resubmission starts from what worked, not from the spec's 64.
-    again = cli.submit(spec)
+    again = cli.submit(spec, "--again")
     final = cli.wait_state(again, "succeeded", "failed", timeout=120)
     assert [a["batch"]["micro"] for a in final["attempts"]] == [16]
 

@@ -45,6 +45,13 @@ def _guard(action: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
+def _existing_run(submit_command, state: StateDir, spec: Path, name: Optional[str]):
+    from trainsup.jobs.spec import load_spec
+
+    parsed, text = load_spec(spec, name)
+    return submit_command.already_done(state, parsed, text, spec)
+
+
 def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
@@ -65,12 +72,26 @@ def submit(
     name: Optional[str] = typer.Option(None, "--name", help="Override the job's name."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until the job ends; exit with its outcome."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: set existing checkpoints aside instead of resuming."),
+    again: bool = typer.Option(False, "--again", help="Queue it even if the same job already succeeded or is queued."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Queue a job durably; it runs when the daemon is up."""
+    """Queue a job durably; it runs when the daemon is up.
+
+    The same job file submitted again while its job is queued, running or succeeded is
+    skipped (so resubmitting a sweep reruns only what failed), unless --again or --fresh.
+    """
     from trainsup.commands import common, logs, submit as submit_command
 
     state = _state()
+    if not (again or fresh):
+        existing = _guard(lambda: _existing_run(submit_command, state, spec, name))
+        if existing is not None:
+            job_id, job_state = existing
+            if as_json:
+                _print_json({"id": job_id, "skipped": True, "state": job_state})
+            else:
+                typer.echo(f"skipped: this job is already {job_state} as {job_id} (--again runs it once more)")
+            return
     submission = _guard(lambda: submit_command.submit(spec, name, fresh, state))
     running = common.daemon_running(state)
     if as_json:

@@ -45,8 +45,28 @@ def _summary(row) -> dict[str, Any]:
         "last_reason": row["last_reason"], "runtime_s": runtime, "result": row["result"],
         "batch": json.loads(row["batch_json"]) if row["batch_json"] else None,
         "next_start_at": row["next_start_at"],
-        "progress": _progress(row["run_dir"]) if live else None,
+        "progress": _with_eta(_progress(row["run_dir"]), row) if live else None,
+        "peak_gpu_memory": row["peak_gpu_memory"],
     }
+
+
+def _with_eta(beat: dict | None, row) -> dict | None:
+    """Add `eta_s` when the trainer says how many steps the run has in total."""
+    if not beat or not beat.get("total_steps") or row["attempt_started"] is None:
+        return beat
+    first_step = _step_of(row["checkpoint_before"])
+    done = beat["step"] - first_step
+    elapsed = beat.get("time", time.time()) - row["attempt_started"]
+    if done > 0 and elapsed > 0:
+        beat = {**beat, "eta_s": max(0.0, (beat["total_steps"] - beat["step"]) * elapsed / done)}
+    return beat
+
+
+def _step_of(checkpoint: str | None) -> int:
+    try:
+        return int(checkpoint.split("-")[1]) if checkpoint else 0
+    except (IndexError, ValueError):
+        return 0
 
 
 def _progress(run_dir: str | None) -> dict | None:
@@ -107,14 +127,15 @@ def render_detail(detail: dict[str, Any]) -> None:
     if detail.get("progress"):
         console.print(f"  progress: {_progress_text(detail['progress'])}")
     table = Table(box=None, pad_edge=False)
-    for column in ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "CHECKPOINT"):
+    for column in ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "BATCH", "GPU PEAK", "CHECKPOINT"):
         table.add_column(column)
     for a in detail["attempts"]:
         end = a["ended_at"] or time.time()
         table.add_row(
             str(a["number"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["started_at"])),
             format_duration(end - a["started_at"]), str(a["pid"] or "-"), a["detail"] or "running",
-            a["reason"] or "-", a["checkpoint_after"] or a["checkpoint_before"] or "-",
+            a["reason"] or "-", _batch_text(a["batch"]), _bytes_text(a["peak_gpu_memory"]),
+            a["checkpoint_after"] or a["checkpoint_before"] or "-",
         )
     if detail["attempts"]:
         console.print(table)
@@ -128,6 +149,14 @@ def _state_text(row: dict[str, Any]) -> str:
     return row["state"]
 
 
+def _batch_text(batch: dict | None) -> str:
+    return f"{batch['micro']}×{batch['accum']}" if batch else "-"
+
+
+def _bytes_text(size: int | None) -> str:
+    return f"{size / 2**30:.1f} GiB" if size else "-"
+
+
 def _progress_text(beat: dict | None) -> str:
     if not beat:
         return "-"
@@ -136,4 +165,8 @@ def _progress_text(beat: dict | None) -> str:
         parts.append(f"loss {beat['loss']:.4g}")
     if beat.get("samples_per_s"):
         parts.append(f"{beat['samples_per_s']:.0f} samples/s")
+    if beat.get("eta_s") is not None:
+        parts.append(f"ETA {format_duration(beat['eta_s'])}")
+    if beat.get("phase") not in (None, "train"):
+        parts.append(str(beat["phase"]))
     return ", ".join(parts)

@@ -32,6 +32,25 @@ def resolve(spec: JobSpec, spec_path: Path, state: StateDir, job_id: str) -> Job
     return spec.model_copy(update={"workdir": workdir, "checkpoint_dir": checkpoint_dir})
 
 
+def already_done(state: StateDir, spec: JobSpec, text: str, spec_path: Path) -> tuple[str, str] | None:
+    """(id, state) of a job from the same file that succeeded or is still live, if any.
+
+    Resubmitting a sweep must not rerun the jobs that already finished.
+    """
+    from trainsup.commands.common import open_store, pending_submissions
+
+    store = open_store(state)
+    same = lambda s_name, s_text, s_path: (s_name, s_text, s_path) == (spec.name, text, str(spec_path.resolve()))
+    if store is not None:
+        for job in reversed(store.jobs()):
+            if same(job.name, job.spec_text, job.spec_path) and job.state not in ("failed", "cancelled"):
+                return job.id, str(job.state)
+    for sub in pending_submissions(state):
+        if same(sub["spec"]["name"], sub["spec_text"], sub["spec_path"]):
+            return sub["job_id"], "queued"
+    return None
+
+
 def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> Submission:
     spec, text = load_spec(spec_path, name)
     job_id = new_job_id()

@@ -228,7 +228,7 @@ class Store:
             " j.batch_json, j.next_start_at,"
             " (SELECT COUNT(*) FROM attempts a WHERE a.job_id=j.id) AS attempts,"
             " a.job_pid, a.started_at AS attempt_started, a.ended_at AS attempt_ended,"
-            " a.reason AS last_reason, a.peak_gpu_memory, a.run_dir"
+            " a.reason AS last_reason, a.peak_gpu_memory, a.run_dir, a.checkpoint_before"
             " FROM jobs j LEFT JOIN attempts a ON a.job_id=j.id AND a.number ="
             " (SELECT MAX(number) FROM attempts WHERE job_id=j.id)"
             " ORDER BY j.submitted_at, j.id"

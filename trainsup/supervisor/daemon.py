@@ -8,6 +8,7 @@ pidfd per attempt monitor, so an exit is noticed within milliseconds.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import os
 import select
@@ -36,6 +37,7 @@ log = structlog.get_logger("trainsup.daemon")
 
 IDLE_WAKEUP_S = 1.0
 SHUTDOWN_MARGIN_S = 15.0
+LOCK_RETRY_S = 1.0
 
 
 @dataclass
@@ -47,13 +49,19 @@ class DaemonLock:
     @classmethod
     def acquire(cls, state: StateDir) -> "DaemonLock":
         fd = os.open(state.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DaemonAlreadyRunningError(
-                f"another trainsup daemon is already running for {state.root}."
-            ) from None
+        # `trainsup status` probes the lock for an instant: retry briefly before refusing.
+        deadline = time.monotonic() + LOCK_RETRY_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DaemonAlreadyRunningError(
+                        f"another trainsup daemon is already running for {state.root}."
+                    ) from None
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return cls(fd)
@@ -76,9 +84,11 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier.from_env()
         self.shutdown_requested = False
         self.waiting: set[str] = set()
+        self.last_status = ""
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
+        faulthandler.enable()  # a watchdog SIGABRT leaves every thread's stack in the journal
         self.state.ensure()
         self.lock = DaemonLock.acquire(self.state)
         self.store = Store.open(self.state.db)
@@ -114,7 +124,10 @@ class Daemon:
         self._release_backoffs(now)
         if not self.shutdown_requested:
             self._start_queued(now)
-        self.notifier.status(self._status_line())
+        status = self._status_line()
+        if status != self.last_status:
+            self.notifier.status(status)
+            self.last_status = status
         self.notifier.watchdog()
 
     def _release_backoffs(self, now: float) -> None:
