@@ -71,9 +71,11 @@ def test_a_spawn_error_beats_an_exit_code() -> None:
     assert classify(facts(0, spawn_error="Permission denied")) is R.SPAWN_FAILED
 
 
-def test_preempted_beats_a_stop_request() -> None:
-    """A job that checkpoints on SIGTERM and exits 75 was preempted; decide() then sees the cancel."""
-    assert classify(facts(EXIT_PREEMPTED, **EVERYTHING_ELSE)) is R.PREEMPTED
+def test_a_stop_we_asked_for_beats_exit_75() -> None:
+    """A job that checkpoints on our SIGTERM and exits 75 ended because we stopped it."""
+    assert classify(facts(EXIT_PREEMPTED, **EVERYTHING_ELSE)) is R.CANCELLED
+    assert classify(facts(EXIT_PREEMPTED, **{**EVERYTHING_ELSE, "stop_requested": "shutdown"})) is R.INTERRUPTED
+    assert classify(facts(EXIT_PREEMPTED, trainer_exit={"reason": "preempted"})) is R.PREEMPTED
 
 
 @pytest.mark.parametrize("sig", [TERM, KILL])

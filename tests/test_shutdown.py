@@ -103,10 +103,6 @@ def test_job_ignoring_sigterm_is_killed_after_grace_and_requeued(cli: Cli, daemo
     assert int(resumed_at.split("attempt 2 starting at step ")[1].split()[0]) >= 3, "resumed from its checkpoints"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "classify() checks exit 75 before stop_requested, so an attempt the daemon stopped "
-    "on shutdown is recorded 'preempted' rather than 'interrupted' (and one stopped by "
-    "cancel is recorded 'preempted' while the job ends 'cancelled')"))
 def test_exit_75_on_shutdown_is_recorded_interrupted(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     spec = write_spec(
         tmp_path / "polite.yaml", name="polite",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -25,6 +26,8 @@ def parse_duration(value: object) -> float:
         seconds = _parse_duration_text(value.strip().lower())
     else:
         raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -51,7 +54,10 @@ def parse_size(value: object) -> int:
         match = _SIZE.fullmatch(value.strip().lower())
         if not match or match.group(2) not in _SIZE_UNITS:
             raise ValueError(f"'{value}' is not a size such as 512MiB or 20GiB")
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        number = float(match.group(1))
+        if not math.isfinite(number) or number > 2**63:
+            raise ValueError(f"'{value}' is too large a size")
+        size = int(number * _SIZE_UNITS[match.group(2)])
     else:
         raise ValueError("expected a size such as 512MiB or 20GiB")
     if size < 0:

@@ -256,7 +256,9 @@ class Attempts:
             f"(global batch {batch.global_batch} unchanged)", now)
 
     def _decide(self, job: Job, changed_config: bool) -> Decision:
-        attempts = [a for a in self.store.attempts(job.id) if a.reason is not None]
+        # A manual `trainsup restart` gives the job a fresh budget.
+        reset_at = self.store.recall(f"budget_reset:{job.id}") or 0.0
+        attempts = [a for a in self.store.attempts(job.id) if a.reason is not None and a.started_at >= reset_at]
         history = [
             AttemptRecord(
                 reason=a.reason,

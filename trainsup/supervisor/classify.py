@@ -36,12 +36,12 @@ def classify(facts: AttemptFacts) -> EndReason:
         return EndReason.SPAWN_FAILED
     if facts.exit_code == 0:
         return EndReason.SUCCEEDED
-    if facts.exit_code == EXIT_PREEMPTED:
-        return EndReason.PREEMPTED
     if facts.stop_requested == "cancel":
         return EndReason.CANCELLED
     if facts.stop_requested == "shutdown":
         return EndReason.INTERRUPTED
+    if facts.exit_code == EXIT_PREEMPTED:
+        return EndReason.PREEMPTED
     if facts.hang_detected:
         return EndReason.HANG
     trainer_reason = (facts.trainer_exit or {}).get("reason")

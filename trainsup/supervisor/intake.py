@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from pathlib import Path
 
 import structlog
@@ -112,7 +110,8 @@ class Intake:
             self.store.add_event(job.id, "restart_ignored", f"restart ignored: the job is {job.state}", now)
             return []
         self.store.set_state(job.id, job.state, JobState.QUEUED, now, result=None)
-        self.store.add_event(job.id, "restarted", "queued again on request", now)
+        self.store.remember(f"budget_reset:{job.id}", now)
+        self.store.add_event(job.id, "restarted", "queued again on request, with a fresh restart budget", now)
         return []
 
     def _hold(self, job: Job, now: float) -> list[str]:

@@ -118,7 +118,8 @@ def _after_failure(
 
 def backoff_delay(policy: RestartPolicy, consecutive_failures: int, jitter: float) -> float:
     """Exponential backoff capped at policy.max, spread by ±policy.jitter."""
-    base = min(policy.max, policy.initial * policy.factor ** max(0, consecutive_failures - 1))
+    exponent = min(max(0, consecutive_failures - 1), 64)  # past 2**64 the cap has long been reached
+    base = min(policy.max, policy.initial * policy.factor ** exponent)
     spread = 1.0 + policy.jitter * (2.0 * jitter - 1.0)
     return max(0.0, min(policy.max, base * spread))
 

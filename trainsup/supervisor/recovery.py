@@ -39,6 +39,11 @@ def _recover_one(store: Store, attempts: Attempts, attempt: Attempt, now: float)
     if monitor is not None:
         _adopt(store, attempts, attempt, *monitor, now)
         return
+    if attempt.monitor_pid is None and not (run_dir / "started.json").exists():
+        # The previous daemon died between recording the attempt and starting it.
+        store.add_event(attempt.job_id, "never_started", f"attempt {attempt.number} was never started", now)
+        attempts.finish(attempt.job_id, attempt.number, run_dir, _unknown_end(now), now, reason=EndReason.INTERRUPTED)
+        return
     _kill_orphaned_job(run_dir)
     ended = read_json(run_dir / "ended.json") or {**_unknown_end(now), "lost": True}
     attempts.finish(attempt.job_id, attempt.number, run_dir, ended, now)

@@ -17,7 +17,8 @@ from trainsup.trainer.errors import (
 from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.outcome import EXIT_TEMPFAIL
 from trainsup.trainer.sampler import ResumableSampler
-from trainsup.trainer.session import Session, Step
+from trainsup.trainer.session import Session
+from trainsup.trainer.step import Step
 from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
 
 __all__ = [

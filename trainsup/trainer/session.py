@@ -37,6 +37,7 @@ from trainsup.trainer.log import get_logger
 from trainsup.trainer.outcome import EXIT_TEMPFAIL, is_out_of_memory, one_line, write_exit_info
 from trainsup.trainer.sampler import ResumableSampler
 from trainsup.trainer.statefile import STATE_FILE, Components
+from trainsup.trainer.step import Step
 from trainsup.trainer.stop import StopSignals
 from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
 
@@ -297,8 +298,14 @@ class Session:
             left = total - self._consumed
             return left // micro if loader.drop_last else -(-left // micro)
 
+        def pulled() -> None:
+            taken = min(micro, total - self._consumed)
+            self._consumed += taken
+            self._samples_seen += taken
+            self._mid_step = True
+
         while (size := min(accum, batches_left())) > 0:
-            step = Step(self, iterator, size, micro, total)
+            step = Step(iterator, size, pulled)
             self._step_open = True
             yield step
             if step.pulled < step.size:
@@ -467,33 +474,6 @@ class Session:
     def _require_started(self) -> None:
         if not self._started:
             raise LoopUsageError("Enter the session (with Session(...) as session) before using it.")
-
-
-class Step:
-    """The micro-batches of one optimizer step; `len(step)` is how many (scale the loss by it)."""
-
-    def __init__(self, session: Session, iterator: Iterator[Any], size: int, micro: int, total: int) -> None:
-        self.size = size
-        self.pulled = 0
-        self._session, self._iterator, self._micro, self._total = session, iterator, micro, total
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[Any]:
-        session = self._session
-        while self.pulled < self.size:
-            try:
-                batch = next(self._iterator)
-            except StopIteration:
-                self.size = self.pulled
-                return
-            self.pulled += 1
-            session._mid_step = True
-            taken = min(self._micro, self._total - session._consumed)
-            session._consumed += taken
-            session._samples_seen += taken
-            yield batch
 
 
 def _register_stack_dumps() -> None:
