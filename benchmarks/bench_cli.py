@@ -89,7 +89,7 @@ def populate(home: Path, jobs: int, seed: int = 0) -> list[str]:
 
 def run(quick: bool = False, jobs: int = 1000, reps: int | None = None, warmup: int = 1,
         torch_import: bool = True) -> dict[str, Any]:
-    reps = reps or (10 if quick else 20)
+    reps = reps or (5 if quick else 15)
     with common.workdir("cli") as tmp:
         home = tmp / "state"
         started = time.perf_counter()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-JOBS = 8
+JOBS = 8  # 4 with --quick
 JOB = """\
 import json, os, sys, time
 rate = float(sys.argv[1])
@@ -96,7 +96,7 @@ def _beating(folders: list[Path], since: float) -> bool:
     return True
 
 
-def trainsup(folder: Path, rate: float, window: float) -> dict[str, Any]:
+def trainsup(folder: Path, rate: float, window: float, jobs: int) -> dict[str, Any]:
     import psutil
 
     (folder / "beat.py").write_text(JOB)
@@ -104,7 +104,7 @@ def trainsup(folder: Path, rate: float, window: float) -> dict[str, Any]:
     with common.Daemon(folder / "state") as daemon:
         daemon_process = psutil.Process(daemon.pid)
         idle = _measure({"daemon": [daemon_process]}, min(window, 3.0))["daemon"]
-        ids = [daemon.submit(spec) for _ in range(JOBS)]
+        ids = [daemon.submit(spec) for _ in range(jobs)]
         running = [daemon.wait_state(job_id, {"running"}, timeout=60) for job_id in ids]
         if not all(running):
             return {"error": "not every job reached running in 60 s"}
@@ -116,12 +116,12 @@ def trainsup(folder: Path, rate: float, window: float) -> dict[str, Any]:
     return {"daemon_idle": idle, **busy}
 
 
-def torchrun(folder: Path, rate: float, window: float) -> dict[str, Any]:
+def torchrun(folder: Path, rate: float, window: float, jobs: int) -> dict[str, Any]:
     import psutil
 
     (folder / "beat.py").write_text(JOB)
     agents = []
-    beat_dirs = [folder / f"beats-{i}" for i in range(JOBS)]
+    beat_dirs = [folder / f"beats-{i}" for i in range(jobs)]
     env = {k: v for k, v in os.environ.items() if k != "TRAINSUP_HEARTBEAT"}
     try:
         for beat_dir in beat_dirs:
@@ -151,17 +151,18 @@ def torchrun(folder: Path, rate: float, window: float) -> dict[str, Any]:
 
 def run(quick: bool = False, rate: float = 4.0) -> dict[str, Any]:
     window = 10.0 if quick else 60.0
+    jobs = 4 if quick else JOBS
     result: dict[str, Any] = {
         "figure": "daemon_overhead",
-        "title": f"Supervision overhead, {JOBS} jobs heart-beating {rate:g}/s, {window:.0f} s window",
-        "jobs": JOBS, "heartbeat_rate": rate, "window_s": window,
+        "title": f"Supervision overhead, {jobs} jobs heart-beating {rate:g}/s, {window:.0f} s window",
+        "jobs": jobs, "heartbeat_rate": rate, "window_s": window,
     }
     with common.workdir("overhead") as tmp:
         for name, runner in (("trainsup", trainsup), ("torchrun", torchrun)):
             folder = tmp / name
             folder.mkdir()
             try:
-                result[name] = runner(folder, rate, window)
+                result[name] = runner(folder, rate, window, jobs)
             except Exception as exc:
                 result[name] = {"error": f"{type(exc).__name__}: {exc}"}
     ts, tr = result.get("trainsup", {}), result.get("torchrun", {})

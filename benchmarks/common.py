@@ -231,6 +231,31 @@ def workdir(prefix: str) -> Iterator[Path]:
         yield Path(path)
 
 
+def fsync_bandwidth(folder: Path, size: int, reps: int = 3, chunk: int = 4 << 20) -> dict[str, Any]:
+    """The disk's own floor: seconds to write `size` bytes with os.write, then fsync (median)."""
+    block = os.urandom(chunk)
+    times, buffered = [], []
+    for i in range(reps):
+        path = folder / f"floor-{i}.bin"
+        start = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            left = size
+            while left > 0:
+                left -= os.write(fd, block[:min(chunk, left)])
+            written = time.perf_counter()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        end = time.perf_counter()
+        times.append(end - start)
+        buffered.append(written - start)
+        path.unlink()
+    seconds = median(times)
+    return {"bytes": size, "write_fsync_s": seconds, "write_only_s": median(buffered),
+            "mb_per_s": size / 1e6 / seconds if seconds else None, "reps": reps}
+
+
 def machine() -> dict[str, Any]:
     import platform
 

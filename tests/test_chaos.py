@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import textwrap
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
-
-import pytest
 
 from conftest import JOBS, TRAINSUP, Cli, DaemonProcess, wait_for, write_spec
 
@@ -126,7 +124,9 @@ def test_thirty_daemon_kills_during_a_stream_of_jobs(cli: Cli, daemon: DaemonPro
         # An attempt whose process never started: the daemon died between recording
         # it and spawning its monitor. See test_daemon_death_before_spawn_is_not_a_failure.
         ran_attempts = [a for a in attempts if a["pid"] is not None]
-        phantoms += len(attempts) - len(ran_attempts)
+        never_ran = [a for a in attempts if a["pid"] is None]
+        phantoms += len(never_ran)
+        assert all(a["reason"] == "interrupted" for a in never_ran), f"{name}: {attempts}"
         state, reasons = EXPECTED[kind]
         if status["state"] != state or [a["reason"] for a in ran_attempts] != reasons:
             problems.append(f"{name}: {status['state']} {[(a['reason'], a['detail']) for a in attempts]}")
@@ -168,3 +168,42 @@ def test_daemon_death_before_spawn_is_not_a_failure(cli: Cli, daemon: DaemonProc
     daemon.start()
     final = cli.wait_state(job, "succeeded", "failed")
     assert final["state"] == "succeeded", final["result"]
+
+
+# The real daemon, dying the moment its first monitor exists but before its pid is
+# recorded: the next daemon must find that monitor by its command line and adopt it.
+DIE_AFTER_SPAWN = textwrap.dedent("""
+    import os
+    from trainsup.paths import StateDir
+    from trainsup.supervisor import attempts
+    from trainsup.supervisor.daemon import Daemon
+
+    real_start_monitor = attempts.start_monitor
+
+    def start_then_die(*args, **kwargs):
+        real_start_monitor(*args, **kwargs)
+        os._exit(137)
+
+    attempts.start_monitor = start_then_die
+    Daemon(StateDir.from_env()).run()
+""")
+
+
+def test_daemon_death_right_after_spawn_adopts_the_monitor(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    records = tmp_path / "records"
+    records.mkdir()
+    spec = write_spec(tmp_path / "adopt.yaml", name="adopt",
+                      command=[PY, str(JOBS / "resumable.py"), "--steps", "10", "--interval", "0.1", "--record", str(records)],
+                      restart={"max_restarts": 0})
+    job = cli.submit(spec)
+    died = subprocess.run([PY, "-c", DIE_AFTER_SPAWN], env=cli.env, capture_output=True, text=True, timeout=60)
+    assert died.returncode == 137, died.stderr
+    [unrecorded] = cli.job(job)["attempts"]
+    assert unrecorded["ended_at"] is None
+    daemon.start()
+    final = cli.wait_state(job, "succeeded", "failed")
+    assert final["state"] == "succeeded", final["result"]
+    assert [a["reason"] for a in final["attempts"]] == ["succeeded"], "adopted, not started a second time"
+    time.sleep(0.5)
+    assert len(list(records.glob("attempt-*.json"))) == 1, "the job ran exactly once"
+    assert "adopted" in [e["kind"] for e in cli.json("show", job)["events"]]

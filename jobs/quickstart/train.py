@@ -1,58 +1,47 @@
 """A small real training job: an MLP learning a synthetic classification task on CPU.
 
-Runs ~30 s on 2 cores, checkpoints every few seconds and resumes from its newest
-checkpoint. (Plain torch.save + rename here; see jobs/trainer-demo for the
-power-safe, bit-exact version built on trainsup.trainer.)
+About 30 s on 2 cores. The five lines marked `# trainsup` make it power-safe and
+resumable: checkpoints every few seconds, exact resume (weights, optimizer,
+scheduler, RNG, data position), SIGTERM → checkpoint → exit 75, heartbeats.
+Standalone: python train.py --checkpoint-dir /tmp/ckpt  (Ctrl+C and run again: it resumes)
 """
 
-import os
-import time
-from pathlib import Path
+import argparse
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-STEPS = int(os.environ.get("STEPS", 5000))
-CHECKPOINT_EVERY_S = 3.0
-checkpoint_dir = Path(os.environ.get("TRAINSUP_CHECKPOINT_DIR", "checkpoints"))
-checkpoint_dir.mkdir(parents=True, exist_ok=True)
+from trainsup import trainer  # trainsup
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--checkpoint-dir", default=None)
+args = parser.parse_args()
+
 torch.set_num_threads(1)
 torch.manual_seed(0)
-
-inputs = torch.randn(4096, 64)
+inputs = torch.randn(16384, 64)
 labels = (inputs[:, :8].sum(dim=1) > 0).long()
-model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+dataset = TensorDataset(inputs, labels)
+loader = DataLoader(dataset, batch_size=64, sampler=trainer.ResumableSampler(dataset, seed=0))  # trainsup
+model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-start = 0
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5)
+history = {"accuracy": []}
 
-checkpoints = sorted(checkpoint_dir.glob("step-*"))
-if checkpoints:
-    state = torch.load(checkpoints[-1] / "state.pt", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    start = state["step"]
-    print(f"resumed from {checkpoints[-1].name}", flush=True)
-else:
-    print("no checkpoint: starting fresh", flush=True)
-
-last_save = time.monotonic()
-for step in range(start + 1, STEPS + 1):
-    batch = torch.randint(0, len(inputs), (128,))
-    loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    if step % 250 == 0:
-        print(f"step {step} loss {loss.item():.4f}", flush=True)
-    if time.monotonic() - last_save >= CHECKPOINT_EVERY_S or step == STEPS:
-        tmp = checkpoint_dir / f".tmp-step-{step:09d}"
-        tmp.mkdir()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
-        tmp.rename(checkpoint_dir / f"step-{step:09d}")
-        last_save = time.monotonic()
-        print(f"checkpoint at step {step}", flush=True)
-
-accuracy = (model(inputs).argmax(dim=1) == labels).float().mean().item()
-print(f"done: {STEPS} steps, accuracy {accuracy:.3f}", flush=True)
+with trainer.Session(model, optimizer, scheduler, extra=history, checkpoint_dir=args.checkpoint_dir,  # trainsup
+                     save_every_seconds=3.0, keep_last=3) as session:
+    print(f"starting at epoch {session.epoch}, step {session.step}", flush=True)
+    for epoch in session.epochs(args.epochs):  # trainsup
+        for step in session.steps(loader):  # trainsup
+            for x, y in step:
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            session.step_done(loss=loss.item())  # trainsup
+        accuracy = (model(inputs).argmax(dim=1) == labels).float().mean().item()
+        history["accuracy"].append(accuracy)
+        print(f"epoch {epoch}: step {session.step}, loss {loss.item():.4f}, accuracy {accuracy:.3f}", flush=True)

@@ -30,7 +30,8 @@ class Heartbeat:
         return self._path is not None and time.monotonic() - self._last >= self.min_interval
 
     def beat(self, *, step: int, epoch: int, phase: Phase, loss: float | None = None,
-             samples_per_s: float | None = None, max_memory_bytes: int | None = None, force: bool = False) -> bool:
+             samples_per_s: float | None = None, max_memory_bytes: int | None = None, force: bool = False,
+             total_steps: int | None = None) -> bool:
         if self._path is None or self._temp is None:
             return False
         now = time.monotonic()
@@ -39,6 +40,7 @@ class Heartbeat:
         payload = {
             "time": time.time(), "step": step, "epoch": epoch, "phase": phase, "loss": loss,
             "samples_per_s": samples_per_s, "max_memory_bytes": max_memory_bytes, "pid": os.getpid(),
+            "total_steps": total_steps,
         }
         with self._lock:
             self._last = now

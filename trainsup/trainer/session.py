@@ -117,6 +117,8 @@ class Session:
         self._last_save = time.monotonic()
         self._samples_seen = 0
         self._beat_mark = (time.monotonic(), 0)
+        self._num_epochs: int | None = None
+        self.total_steps: int | None = None
         self._phase: Phase = "train"
         self._snapshot_buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
@@ -262,6 +264,7 @@ class Session:
             )
         if self.epoch == num_epochs:
             log.info("all %d epochs are already done; nothing to train", num_epochs)
+        self._num_epochs = num_epochs
         self._restore_rng("between_epochs")
         while self.epoch < num_epochs:
             yield self.epoch
@@ -289,6 +292,8 @@ class Session:
         sampler.set_epoch(self.epoch)
         sampler.set_start(min(self.position, sampler.num_samples))
         total = sampler.num_samples
+        if self._num_epochs:
+            self.total_steps = self._num_epochs * -(-total // (micro * accum))  # for the ETA in `trainsup status`
         self._consumed = sampler.start
         iterator = iter(loader)
         self._iterator_this_epoch = True
@@ -469,7 +474,8 @@ class Session:
         self._beat_mark = (now, self._samples_seen)
         memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         self._heartbeat.beat(step=self.step, epoch=self.epoch, phase=phase, loss=self.metrics.get("loss"),
-                             samples_per_s=rate, max_memory_bytes=memory, force=force)
+                             samples_per_s=rate, max_memory_bytes=memory, force=force,
+                             total_steps=self.total_steps)
 
     def _require_started(self) -> None:
         if not self._started:
