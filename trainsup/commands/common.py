@@ -54,12 +54,12 @@ def daemon_running(state: StateDir) -> bool:
 
 
 def resolve_job(state: StateDir, store: Store | None, key: str) -> JobRef:
-    """Find a job by id, id prefix, exact name (newest wins) or unique name prefix."""
+    """Find a job by id, exact name (newest wins), id prefix or unique name prefix."""
     candidates = _all_refs(state, store)
     for match in (
         [c for c in candidates if c.id == key],
-        [c for c in candidates if c.id.startswith(key)],
         [c for c in candidates if c.name == key][-1:],
+        [c for c in candidates if c.id.startswith(key)],
         _unique_names([c for c in candidates if c.name.startswith(key)]),
     ):
         if len(match) == 1:

@@ -23,7 +23,7 @@ from trainsup.units import parse_duration, parse_size
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(allow_inf_nan=False)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 class _Strict(BaseModel):
@@ -123,7 +123,7 @@ class JobSpec(_Strict):
     def _name_is_a_safe_path(cls, name: str) -> str:
         if not NAME_PATTERN.fullmatch(name):
             raise ValueError(
-                "use 1-100 letters, digits, '.', '_' or '-', not starting with '.'"
+                "use 1-100 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
             )
         return name
 
@@ -184,9 +184,23 @@ def parse_spec(text: str, source: str, name_override: str | None = None) -> JobS
         raise SpecError(f"{source}: {describe_validation_error(exc)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key}' appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" line {mark.line + 1}" if mark else ""
