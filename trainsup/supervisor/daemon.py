@@ -38,6 +38,7 @@ log = structlog.get_logger("trainsup.daemon")
 IDLE_WAKEUP_S = 1.0
 SHUTDOWN_MARGIN_S = 15.0
 LOCK_RETRY_S = 1.0
+HEARTBEAT_POLL_S = 0.25
 
 
 @dataclass
@@ -158,6 +159,9 @@ class Daemon:
 
     def _next_timeout(self) -> float:
         timeout = IDLE_WAKEUP_S if not self.waiting else min(IDLE_WAKEUP_S, 0.5)
+        if any(a.hang_tracker and a.hang_tracker.ever_beat for a in self.attempts.live.values()):
+            # Sample heartbeats often enough to learn the job's own interval, not our tick.
+            timeout = min(timeout, HEARTBEAT_POLL_S)
         if (interval := self.notifier.watchdog_interval) is not None:
             timeout = min(timeout, interval)
         for job in self.store.jobs({JobState.BACKOFF}):
