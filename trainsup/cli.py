@@ -1,4 +1,9 @@
-"""The `trainsup` command. Imports neither torch nor the daemon loop (except `daemon`)."""
+"""The `trainsup` command. Imports neither torch nor the daemon loop (except `daemon`).
+
+Built on click rather than typer: typer builds pydantic adapters for every option,
+which triples the start-up time of `trainsup status`. Each command's work lives in
+`trainsup.commands.<name>`, imported only when that command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import typer
+import click
 
 from trainsup.errors import TrainsupError
 from trainsup.paths import StateDir
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Keep long PyTorch training runs alive: submit, watch, resume.",
-)
-service_app = typer.Typer(no_args_is_help=True, help="Install trainsup as a systemd service.")
-app.add_typer(service_app, name="service")
-
-JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
-JobArgument = typer.Argument(..., help="Job id, id prefix, name or unique name prefix.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+job_argument = click.argument("job", metavar="JOB")
 
 
 def _state() -> StateDir:
@@ -36,24 +32,25 @@ def _guard(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except TrainsupError as exc:
-        typer.echo(f"trainsup: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        click.echo(f"trainsup: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        sys.exit(130)
     except OSError as exc:
-        typer.echo(f"trainsup: {exc.strerror or exc} ({exc.filename or 'system call'}).", err=True)
-        raise typer.Exit(1) from None
-
-
-def _existing_run(submit_command, state: StateDir, spec: Path, name: Optional[str]):
-    from trainsup.jobs.spec import load_spec
-
-    parsed, text = load_spec(spec, name)
-    return submit_command.already_done(state, parsed, text, spec)
+        click.echo(f"trainsup: {exc.strerror or exc} ({exc.filename or 'system call'}).", err=True)
+        sys.exit(1)
 
 
 def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """Keep long PyTorch training runs alive: submit, watch, resume.
+
+    JOB is a job id, id prefix, name or unique name prefix.
+    """
 
 
 @app.command()
@@ -63,52 +60,54 @@ def daemon() -> None:
     from trainsup.supervisor.daemon import Daemon
 
     logconfig.configure()
-    raise typer.Exit(_guard(lambda: Daemon(_state()).run()))
+    sys.exit(_guard(lambda: Daemon(_state()).run()))
 
 
 @app.command()
-def submit(
-    spec: Path = typer.Argument(..., help="The job file (YAML)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Override the job's name."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until the job ends; exit with its outcome."),
-    fresh: bool = typer.Option(False, "--fresh", help="Start over: set existing checkpoints aside instead of resuming."),
-    again: bool = typer.Option(False, "--again", help="Queue it even if the same job already succeeded or is queued."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Queue a job durably; it runs when the daemon is up.
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--name", help="Override the job's name.")
+@click.option("--follow", "-f", is_flag=True, help="Stream the log until the job ends; exit with its outcome.")
+@click.option("--fresh", is_flag=True, help="Start over: set existing checkpoints aside instead of resuming.")
+@click.option("--again", is_flag=True, help="Queue it even if the same job already succeeded or is queued.")
+@json_option
+def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool, as_json: bool) -> None:
+    """Queue the job in SPEC durably; it runs when the daemon is up.
 
-    The same job file submitted again while its job is queued, running or succeeded is
-    skipped (so resubmitting a sweep reruns only what failed), unless --again or --fresh.
+    The same job file submitted again while its job is queued, running or succeeded
+    is skipped (so resubmitting a sweep reruns only what did not succeed), unless
+    --again or --fresh.
     """
     from trainsup.commands import common, logs, submit as submit_command
 
     state = _state()
     if not (again or fresh):
-        existing = _guard(lambda: _existing_run(submit_command, state, spec, name))
+        existing = _guard(lambda: submit_command.existing_run(state, spec, name))
         if existing is not None:
             job_id, job_state = existing
             if as_json:
                 _print_json({"id": job_id, "skipped": True, "state": job_state})
             else:
-                typer.echo(f"skipped: this job is already {job_state} as {job_id} (--again runs it once more)")
+                click.echo(f"skipped: this job is already {job_state} as {job_id} (--again runs it once more)")
             return
     submission = _guard(lambda: submit_command.submit(spec, name, fresh, state))
     running = common.daemon_running(state)
     if as_json:
         _print_json({"id": submission.job_id, "name": submission.spec.name, "daemon_running": running})
     else:
-        typer.echo(f"queued {submission.spec.name} as job {submission.job_id}")
+        click.echo(f"queued {submission.spec.name} as job {submission.job_id}")
         if not running:
-            typer.echo("the daemon is not running: the job starts when it comes up (`trainsup daemon`).", err=True)
+            click.echo("the daemon is not running: the job starts when it comes up (`trainsup daemon`).", err=True)
     if follow:
         final = _guard(lambda: logs.follow(state, submission.job_id))
-        typer.echo(f"trainsup: job {submission.job_id} {final}", err=True)
-        raise typer.Exit(logs.exit_code_for(final))
+        click.echo(f"trainsup: job {submission.job_id} {final}", err=True)
+        sys.exit(logs.exit_code_for(final))
 
 
 @app.command()
-def status(job: Optional[str] = typer.Argument(None, help="Show one job and its attempts."), as_json: bool = JsonOption) -> None:
-    """State, attempt, runtime, last exit reason and pid of every job."""
+@click.argument("job", required=False, metavar="[JOB]")
+@json_option
+def status(job: str | None, as_json: bool) -> None:
+    """State, attempt, runtime, last exit reason, pid and progress of every job, or of JOB."""
     from trainsup.commands import status as status_command
 
     state = _state()
@@ -121,19 +120,18 @@ def status(job: Optional[str] = typer.Argument(None, help="Show one job and its 
 
 
 @app.command()
-def logs(
-    job: str = JobArgument,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming across restarts until the job ends."),
-    attempt: Optional[int] = typer.Option(None, "--attempt", help="Only this attempt."),
-    tail: Optional[int] = typer.Option(None, "--tail", "-n", min=1, help="Only the last N lines."),
-) -> None:
+@job_argument
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming across restarts until the job ends.")
+@click.option("--attempt", type=click.IntRange(min=1), help="Only this attempt.")
+@click.option("--tail", "-n", type=click.IntRange(min=1), help="Only the last N lines.")
+def logs(job: str, follow: bool, attempt: int | None, tail: int | None) -> None:
     """stdout+stderr of every attempt, in order, one separator line per attempt."""
     from trainsup.commands import logs as logs_command
 
     state = _state()
     if follow:
         final = _guard(lambda: logs_command.follow(state, job, tail))
-        raise typer.Exit(logs_command.exit_code_for(final))
+        sys.exit(logs_command.exit_code_for(final))
     _guard(lambda: logs_command.print_logs(state, job, attempt, tail))
 
 
@@ -145,37 +143,47 @@ def _control(job: str, action: str, as_json: bool, done: str) -> None:
     if as_json:
         _print_json({"id": job_id, "requested": action})
     else:
-        typer.echo(f"{done} job {job_id}")
+        click.echo(f"{done} job {job_id}")
         if not common.daemon_running(state):
-            typer.echo("the daemon is not running: the request applies when it comes up.", err=True)
+            click.echo("the daemon is not running: the request applies when it comes up.", err=True)
 
 
 @app.command()
-def cancel(job: str = JobArgument, as_json: bool = JsonOption) -> None:
+@job_argument
+@json_option
+def cancel(job: str, as_json: bool) -> None:
     """Stop a job for good: SIGTERM its processes, SIGKILL after its grace period."""
     _control(job, "cancel", as_json, "cancel requested for")
 
 
 @app.command()
-def restart(job: str = JobArgument, as_json: bool = JsonOption) -> None:
+@job_argument
+@json_option
+def restart(job: str, as_json: bool) -> None:
     """Queue a finished, failed or cancelled job again (it resumes from its checkpoint)."""
     _control(job, "restart", as_json, "restart requested for")
 
 
 @app.command()
-def hold(job: str = JobArgument, as_json: bool = JsonOption) -> None:
+@job_argument
+@json_option
+def hold(job: str, as_json: bool) -> None:
     """Keep a waiting job from starting until `release`."""
     _control(job, "hold", as_json, "hold requested for")
 
 
 @app.command()
-def release(job: str = JobArgument, as_json: bool = JsonOption) -> None:
+@job_argument
+@json_option
+def release(job: str, as_json: bool) -> None:
     """Let a held job start again."""
     _control(job, "release", as_json, "release requested for")
 
 
 @app.command()
-def show(job: str = JobArgument, as_json: bool = JsonOption) -> None:
+@job_argument
+@json_option
+def show(job: str, as_json: bool) -> None:
     """The job's spec and its timeline of events."""
     from trainsup.commands import show as show_command
 
@@ -183,33 +191,38 @@ def show(job: str = JobArgument, as_json: bool = JsonOption) -> None:
     _print_json(timeline) if as_json else show_command.render(timeline)
 
 
-@service_app.command("install")
-def service_install(
-    user_scope: bool = typer.Option(True, "--user/--system", help="A user unit (default) or the system template."),
-    run_as: Optional[str] = typer.Option(None, "--as", help="System scope: the user the daemon runs as."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the unit and the systemctl commands only."),
-    as_json: bool = JsonOption,
-) -> None:
-    """Write the systemd unit for this installation, reload systemd, enable and start it."""
-    from trainsup import service
+@app.group()
+def service() -> None:
+    """Install trainsup as a systemd service."""
 
-    result = _guard(lambda: service.install("user" if user_scope else "system", run_as, dry_run=dry_run))
+
+@service.command("install")
+@click.option("--user/--system", "user_scope", default=True, help="A user unit (default) or the system template.")
+@click.option("--as", "run_as", help="System scope: the user the daemon runs as.")
+@click.option("--dry-run", is_flag=True, help="Print the unit and the systemctl commands only.")
+@json_option
+def service_install(user_scope: bool, run_as: str | None, dry_run: bool, as_json: bool) -> None:
+    """Write the systemd unit for this installation, reload systemd, enable and start it."""
+    from trainsup import service as service_module
+
+    result = _guard(lambda: service_module.install("user" if user_scope else "system", run_as, dry_run=dry_run))
     if as_json:
         _print_json({"unit": result.unit_name, "path": str(result.unit_path), "commands": result.commands,
                      "warnings": result.warnings, "dry_run": result.dry_run})
         return
     if dry_run:
-        typer.echo(f"# {result.unit_path}\n{result.content}")
+        click.echo(f"# {result.unit_path}\n{result.content}")
         for command in result.commands:
-            typer.echo("systemctl " + " ".join(command))
+            click.echo("systemctl " + " ".join(command))
     else:
-        typer.echo(f"installed and started {result.unit_name} ({result.unit_path})")
+        click.echo(f"installed and started {result.unit_name} ({result.unit_path})")
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {warning}", err=True)
 
 
 @app.command()
-def doctor(as_json: bool = JsonOption) -> None:
+@json_option
+def doctor(as_json: bool) -> None:
     """Check the state dir, the daemon, NVML, the service, lingering and free disk."""
     from trainsup import doctor as doctor_module
     from trainsup.commands.common import open_store
@@ -223,18 +236,16 @@ def doctor(as_json: bool = JsonOption) -> None:
     else:
         for check in checks:
             mark = {True: "ok  ", False: "FAIL", None: "n/a "}[check.ok]
-            typer.echo(f"{mark}  {check.name:<14} {check.detail}")
-    raise typer.Exit(1 if any(c.ok is False for c in checks) else 0)
+            click.echo(f"{mark}  {check.name:<14} {check.detail}")
+    sys.exit(1 if any(c.ok is False for c in checks) else 0)
 
 
 def main() -> None:
     try:
-        app()
-    except TrainsupError as exc:  # pragma: no cover - _guard catches these first
-        print(f"trainsup: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        app(prog_name="trainsup")
     except Exception as exc:
         if os.environ.get("TRAINSUP_DEBUG") or sys.argv[1:2] == ["daemon"]:
             raise
-        print(f"trainsup: internal error: {exc.__class__.__name__}: {exc} (TRAINSUP_DEBUG=1 shows the traceback).", file=sys.stderr)
+        print(f"trainsup: internal error: {exc.__class__.__name__}: {exc} (TRAINSUP_DEBUG=1 shows the traceback).",
+              file=sys.stderr)
         sys.exit(70)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
+from trainsup.commands.table import format_table
 from trainsup.durable import read_json
 from trainsup.paths import StateDir
 from trainsup.units import format_duration
@@ -99,48 +100,42 @@ def job_detail(state: StateDir, key: str) -> dict[str, Any]:
 
 
 def render_table(rows: list[dict[str, Any]]) -> None:
-    """Plain aligned columns: rich's layout costs seconds for a thousand rows."""
     if not rows:
         print("no jobs yet: trainsup submit job.yaml")
         return
     header = ("ID", "NAME", "STATE", "ATTEMPT", "RUNTIME", "LAST END", "PID", "PROGRESS")
-    lines = [header] + [
+    print(format_table(header, [
         (
             row["id"], row["name"], _state_text(row), str(row["attempts"] or "-"),
             format_duration(row["runtime_s"]) if row["runtime_s"] is not None else "-",
             row["last_reason"] or "-", str(row["pid"] or "-"), _progress_text(row["progress"]),
         )
         for row in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines))
+    ]))
 
 
 def render_detail(detail: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]{detail['name']}[/] ({detail['id']}): {_state_text(detail)}")
+    print(f"{detail['name']} ({detail['id']}): {_state_text(detail)}")
     if detail.get("result"):
-        console.print(f"  result: {detail['result']}")
+        print(f"  result: {detail['result']}")
     if detail.get("batch"):
-        console.print(f"  batch: {detail['batch']}")
+        batch = detail["batch"]
+        print(f"  batch: micro {batch['micro']} × accumulation {batch['accum']} = global {batch['global']}")
     if detail.get("progress"):
-        console.print(f"  progress: {_progress_text(detail['progress'])}")
-    table = Table(box=None, pad_edge=False)
-    for column in ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "BATCH", "GPU PEAK", "CHECKPOINT"):
-        table.add_column(column)
+        print(f"  progress: {_progress_text(detail['progress'])}")
+    if not detail["attempts"]:
+        return
+    header = ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "BATCH", "GPU PEAK", "CHECKPOINT")
+    rows = []
     for a in detail["attempts"]:
         end = a["ended_at"] or time.time()
-        table.add_row(
+        rows.append((
             str(a["number"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["started_at"])),
             format_duration(end - a["started_at"]), str(a["pid"] or "-"), a["detail"] or "running",
             a["reason"] or "-", _batch_text(a["batch"]), _bytes_text(a["peak_gpu_memory"]),
             a["checkpoint_after"] or a["checkpoint_before"] or "-",
-        )
-    if detail["attempts"]:
-        console.print(table)
+        ))
+    print(format_table(header, rows))
 
 
 def _state_text(row: dict[str, Any]) -> str:

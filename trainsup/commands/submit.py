@@ -51,6 +51,11 @@ def already_done(state: StateDir, spec: JobSpec, text: str, spec_path: Path) -> 
     return None
 
 
+def existing_run(state: StateDir, spec_path: Path, name: str | None) -> tuple[str, str] | None:
+    spec, text = load_spec(spec_path, name)
+    return already_done(state, spec, text, spec_path)
+
+
 def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> Submission:
     spec, text = load_spec(spec_path, name)
     job_id = new_job_id()
