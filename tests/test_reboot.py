@@ -72,7 +72,7 @@ def _run_until_step(cli: Cli, daemon: DaemonProcess, spec: Path, step: int) -> s
 def test_reboot_resumes_from_checkpoint_as_host_restart(cli: Cli, daemon: DaemonProcess, state_env, tmp_path: Path):
     boot_id = _boot(state_env, tmp_path)
     job = _run_until_step(cli, daemon, _counter_spec(tmp_path, "rebooted"), 5)
-    [attempt] = cli.job(job)["attempts"]
+    pid = wait_for(lambda: cli.job(job)["pid"], 30, 0.1, "the daemon to record the job's pid")
     _power_cut(daemon, Path(state_env["TRAINSUP_HOME"]))
     assert not list(Path(state_env["TRAINSUP_HOME"]).glob("jobs/*/**/ended.json")), "nobody recorded an exit"
     boot_id.write_text(f"{uuid.uuid4()}\n")
@@ -86,7 +86,7 @@ def test_reboot_resumes_from_checkpoint_as_host_restart(cli: Cli, daemon: Daemon
     assert attempts[0]["exit_code"] is None and attempts[0]["signal"] is None
     assert not FAILURES & {a["reason"] for a in attempts}, "a reboot is not a failure"
     assert _resumed_at(cli, job, 2) >= 5, "attempt 2 resumed from the checkpoint"
-    assert attempts[0]["pid"] == attempt["pid"]
+    assert attempts[0]["pid"] == pid
 
 
 def test_on_boot_hold_keeps_job_until_released(cli: Cli, daemon: DaemonProcess, state_env, tmp_path: Path):
