@@ -135,9 +135,6 @@ if "trainsup.supervisor.monitor" in sys.orig_argv:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a monitor SIGTERMed before its handlers are installed (Python still starting) dies without "
-    "ended.json; Attempts._poll_one records the attempt 'lost', a failure, though the job never ran"))
 def test_shutdown_while_a_monitor_starts_is_not_a_failure(cli: Cli, daemon: DaemonProcess, state_env, tmp_path: Path):
     """systemd stops the daemon right after it started a job (boot, then shutdown at once)."""
     site = tmp_path / "slow-monitor"
@@ -158,9 +155,6 @@ def test_shutdown_while_a_monitor_starts_is_not_a_failure(cli: Cli, daemon: Daem
     assert cli.wait_state(job, "succeeded", "failed")["state"] == "succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a monitor stopped while waiting for the checkpoint-dir lock records spawn_error, which "
-    "classify() makes 'spawn_failed' and decide() turns into 'failed', though nothing failed"))
 def test_shutdown_while_waiting_for_the_checkpoint_lock_is_not_a_failure(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     """Another run (a standalone trainer run, say) holds the checkpoint dir when systemd stops us."""
     import fcntl

@@ -139,7 +139,11 @@ class Attempts:
         if ended is None and not host.is_same_process(live.monitor_pid, live.monitor_started):
             ended = read_json(live.run_dir / "ended.json")  # it may have written it just before exiting
             if ended is None:
-                ended = {"exit_code": None, "signal": None, "ended_at": now, "lost": True}
+                never_started = not (live.run_dir / "started.json").exists()
+                stopped = self.store.job(live.job_id).stop_requested is not None
+                # A monitor we stopped before it started the job did not lose anything.
+                ended = {"exit_code": None, "signal": None, "ended_at": now,
+                         "never_started": never_started and stopped, "lost": not (never_started and stopped)}
         if ended is not None:
             self.finish(live.job_id, live.number, live.run_dir, ended, now)
 
@@ -222,6 +226,7 @@ class Attempts:
             exit_code=ended.get("exit_code"),
             signal=ended.get("signal"),
             spawn_error=ended.get("spawn_error"),
+            never_started=bool(ended.get("never_started")),
             trainer_exit=read_json(Path(attempt.run_dir) / "exit.json"),
             log_tail=_tail(Path(attempt.log_path), LOG_TAIL_BYTES),
             stop_requested=job.stop_requested,

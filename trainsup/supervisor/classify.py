@@ -24,6 +24,7 @@ class AttemptFacts:
     exit_code: int | None
     signal: int | None
     spawn_error: str | None = None
+    never_started: bool = False  # stopped before the job was started (e.g. waiting for its lock)
     trainer_exit: dict[str, Any] | None = None  # exit.json written by trainsup.trainer
     log_tail: str = ""
     stop_requested: str | None = None  # "cancel" or "shutdown" when we asked it to stop
@@ -34,6 +35,8 @@ class AttemptFacts:
 def classify(facts: AttemptFacts) -> EndReason:
     if facts.spawn_error:
         return EndReason.SPAWN_FAILED
+    if facts.never_started:
+        return EndReason.CANCELLED if facts.stop_requested == "cancel" else EndReason.INTERRUPTED
     if facts.exit_code == 0:
         return EndReason.SUCCEEDED
     if facts.stop_requested == "cancel":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from trainsup.durable import write_json_atomic
 from trainsup.jobs.store import Job
 
 LOCK_NAME = ".lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # Variables of the daemon's own systemd unit that must not leak into jobs.
 DAEMON_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PIDS")
@@ -75,6 +77,9 @@ def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
         },
     )
     monitor_log = open(plan.run_dir / "monitor.log", "ab")
+    # Blocked here, inherited blocked: a stop request that arrives before the monitor
+    # has its handlers waits for them instead of killing it mid-start.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "trainsup.supervisor.monitor", str(plan.run_dir)],
@@ -85,6 +90,7 @@ def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
             env=_monitor_environment(),
         )
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         monitor_log.close()
 
 

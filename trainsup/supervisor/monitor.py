@@ -28,6 +28,7 @@ from pathlib import Path
 from trainsup.durable import read_json, write_json_atomic
 
 PR_SET_CHILD_SUBREAPER = 36
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOCK_POLL_S = 0.1
 LEFTOVER_GRACE_S = 3.0
 
@@ -41,9 +42,12 @@ class AttemptMonitor:
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_read = wake_read
         signal.set_wakeup_fd(wake_write)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        # The daemon starts us with stop signals blocked so that one sent while we
+        # start up is not lost; it is delivered now, to the handler.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         if self.stop_requested_at is None:
@@ -53,8 +57,8 @@ class AttemptMonitor:
         _become_subreaper()
         _join_cgroup(self.launch.get("cgroup"))
         lock_fd = self._acquire_lock()
-        if lock_fd is None:
-            self._record_end(exit_code=None, signum=None, spawn_error="stopped while waiting for the checkpoint lock")
+        if lock_fd is None or self.stop_requested_at is not None:
+            self._record_end(exit_code=None, signum=None, never_started=True)
             return 0
         try:
             job = self._spawn(lock_fd)
@@ -164,10 +168,13 @@ class AttemptMonitor:
             self._sleep(0.05)
         self._reap_children(main_pid)
 
-    def _record_end(self, exit_code: int | None, signum: int | None, spawn_error: str | None = None) -> None:
+    def _record_end(
+        self, exit_code: int | None, signum: int | None, spawn_error: str | None = None, never_started: bool = False
+    ) -> None:
         write_json_atomic(
             self.run_dir / "ended.json",
             {
+                "never_started": never_started,
                 "exit_code": exit_code,
                 "signal": signum,
                 "ended_at": time.time(),

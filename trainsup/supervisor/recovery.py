@@ -33,7 +33,8 @@ def _recover_one(store: Store, attempts: Attempts, attempt: Attempt, now: float)
         return
     if attempt.boot_id != attempts.boot_id:
         store.add_event(attempt.job_id, "host_restart", f"attempt {attempt.number} was running when the machine went down", now)
-        attempts.finish(attempt.job_id, attempt.number, run_dir, _unknown_end(now), now, reason=EndReason.HOST_RESTART)
+        ended = {**_unknown_end(now), "ended_at": _last_sign_of_life(attempt)}
+        attempts.finish(attempt.job_id, attempt.number, run_dir, ended, now, reason=EndReason.HOST_RESTART)
         return
     monitor = _find_live_monitor(attempt)
     if monitor is not None:
@@ -86,6 +87,18 @@ def _kill_orphaned_job(run_dir: Path) -> None:
     deadline = time.monotonic() + 5
     while host.create_time(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _last_sign_of_life(attempt: Attempt) -> float:
+    """When an attempt cut off by a power loss last showed it was alive: its log or heartbeats."""
+    paths = [Path(attempt.log_path), *Path(attempt.run_dir, "heartbeat").glob("rank-*.json")]
+    times = [attempt.started_at]
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times)
 
 
 def _unknown_end(now: float) -> dict:
