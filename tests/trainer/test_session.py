@@ -183,7 +183,7 @@ def test_heartbeats_are_rate_limited_and_complete(tmp_path: Path) -> None:
         assert 2 <= len(writes) <= elapsed / 0.25 + 1, (len(writes), elapsed)
         assert elapsed / calls < 0.0005, "a rate-limited step boundary must cost microseconds"
         beat = json.loads((beats / "rank-0.json").read_text())
-        assert set(beat) == {"time", "step", "epoch", "phase", "loss", "samples_per_s", "max_memory_bytes", "pid"}
+        assert set(beat) == {"time", "step", "epoch", "phase", "loss", "samples_per_s", "max_memory_bytes", "pid", "total_steps"}
         assert beat["loss"] == 0.5 and beat["phase"] == "train"
         writes.clear()
         session.save()
