@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to 2.13.0 in the dev extra: an unpinned torch pulls gigabytes of CUDA.
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
