@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
 
