@@ -242,10 +242,23 @@ def doctor(as_json: bool) -> None:
 
 def main() -> None:
     try:
-        app(prog_name="trainsup")
+        code = app.main(prog_name="trainsup", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        command = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else ""
+        print(f"trainsup: {exc.format_message().rstrip('.')} (see `trainsup{command} --help`).", file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as exc:
+        print(f"trainsup: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
     except Exception as exc:
         if os.environ.get("TRAINSUP_DEBUG") or sys.argv[1:2] == ["daemon"]:
             raise
         print(f"trainsup: internal error: {exc.__class__.__name__}: {exc} (TRAINSUP_DEBUG=1 shows the traceback).",
               file=sys.stderr)
         sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)
