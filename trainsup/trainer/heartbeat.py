@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from trainsup.trainer.log import get_logger
 
 Phase = Literal["train", "eval", "checkpoint", "start"]
@@ -53,3 +55,20 @@ class Heartbeat:
                     self._failed = True
                 return False
         return True
+
+
+class SampleRate:
+    """Samples per second between successive readings."""
+
+    def __init__(self) -> None:
+        self._mark = (time.monotonic(), 0)
+
+    def read(self, seen: int) -> float | None:
+        now = time.monotonic()
+        then, samples = self._mark
+        self._mark = (now, seen)
+        return (seen - samples) / (now - then) if now > then and seen > samples else None
+
+
+def max_memory_bytes() -> int | None:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None

@@ -15,8 +15,6 @@ turns SIGTERM/SIGINT/SIGUSR1 into "checkpoint, then exit 75" at the next step bo
 
 from __future__ import annotations
 
-import faulthandler
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,25 +22,34 @@ from typing import Any, Iterator, Literal, Mapping
 
 import torch
 
-from trainsup.durable import write_json_atomic
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.background import BackgroundSave
 from trainsup.trainer.batching import BatchPlan
 from trainsup.trainer.environment import TrainerEnv
-from trainsup.trainer.errors import CheckpointSaveError, EpochOutOfRangeError, LoopUsageError, TrainerError
+from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, TrainerError
 from trainsup.trainer.fsops import FileOps
-from trainsup.trainer.heartbeat import Heartbeat, Phase
+from trainsup.trainer.heartbeat import Heartbeat, Phase, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
 from trainsup.trainer.log import get_logger
 from trainsup.trainer.outcome import EXIT_TEMPFAIL, is_out_of_memory, one_line, write_exit_info
+from trainsup.trainer.resume import (
+    Resume,
+    Resumed,
+    check_epochs,
+    check_options,
+    record,
+    restore_rng,
+    resume_from,
+    set_aside_newer,
+)
 from trainsup.trainer.sampler import ResumableSampler
+from trainsup.trainer.stackdump import register_stack_dumps
 from trainsup.trainer.statefile import STATE_FILE, Components
 from trainsup.trainer.step import Step
 from trainsup.trainer.stop import StopSignals
 from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
 
 log = get_logger()
-Resume = Literal["latest", "best", "none"]
 
 
 class Session:
@@ -71,10 +78,7 @@ class Session:
         handle_signals: bool = True,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        if resume not in ("latest", "best", "none"):
-            raise ValueError("resume must be 'latest', 'best' or 'none'")
-        if resume == "best" and not best_metric:
-            raise ValueError("resume='best' needs best_metric")
+        check_options(resume, best_metric)
         self.env = TrainerEnv.from_environ(environ)
         self.components = Components(model, optimizer, scheduler, scaler, extra if extra is not None else {})
         self.extra = self.components.extra
@@ -116,7 +120,7 @@ class Session:
         self._dirty = False
         self._last_save = time.monotonic()
         self._samples_seen = 0
-        self._beat_mark = (time.monotonic(), 0)
+        self._rate = SampleRate()
         self._num_epochs: int | None = None
         self.total_steps: int | None = None
         self._phase: Phase = "train"
@@ -165,7 +169,7 @@ class Session:
             self._lock.acquire()
         self._started = True
         try:
-            _register_stack_dumps()
+            register_stack_dumps()
             if self.handle_signals:
                 self._signals.install()
             self.store.prepare()
@@ -192,80 +196,31 @@ class Session:
     # -- resuming -------------------------------------------------------------
 
     def _resume(self) -> None:
-        existing = self.store.step_dirs()
-        if self.resume == "none":
-            for path in existing:
-                self.store.set_aside(path, "the run was started with resume='none'")
-            log.info("starting fresh in %s (resume='none')", self.checkpoint_dir)
+        resumed = resume_from(self.store, self.resume, self.components, self.device, attempt=self.env.attempt,
+                              best_metric=self.best_metric, best_mode=self.best_mode)
+        if resumed is None:
             return
-        select = self.resume
-        if select == "best" and self.env.attempt > 1:
-            log.info("attempt %d restarts the run: resuming from the latest checkpoint, not the best", self.env.attempt)
-            select = "latest"
-        chosen = self._load_first(select)
-        if chosen is None and select == "best" and existing:
-            log.warning("no valid checkpoint records %s; resuming from the latest instead", self.best_metric)
-            select = "latest"
-            chosen = self._load_first(select)
-        if chosen is None:
-            why = f"none of the {len(existing)} checkpoints is usable" if existing else "no checkpoint yet"
-            log.warning("starting fresh from epoch 0, step 0: %s in %s", why, self.checkpoint_dir)
-            return
-        for path in self.store.step_dirs():
-            if int(path.name.split("-")[1]) > chosen.step:
-                self.store.set_aside(path, f"the run resumes from the older {chosen.name}")
-        self._started_from = {"select": select, "checkpoint": chosen.name, "step": chosen.step, "attempt": self.env.attempt}
-        if self.env.run_dir is not None:
-            self.env.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.env.run_dir / "resume.json", self._started_from)
+        self._apply(resumed)
+        set_aside_newer(self.store, resumed.checkpoint)
+        self._started_from = resumed.started_from(self.env.attempt)
+        record(self.env.run_dir, self._started_from)
 
-    def _load_first(self, select: Literal["latest", "best"]) -> Checkpoint | None:
-        for checkpoint in self.store.verified(select, self.best_metric, self.best_mode):
-            try:
-                state = statefile.load(checkpoint.path / STATE_FILE, self.device)
-            except Exception as exc:
-                log.warning("checkpoint %s is not usable: %s cannot be loaded safely (%s); falling back to an older one",
-                            checkpoint.name, STATE_FILE, one_line(exc)[:200])
-                continue
-            self._apply(checkpoint, state)
-            return checkpoint
-        return None
-
-    def _apply(self, checkpoint: Checkpoint, state: dict[str, Any]) -> None:
-        statefile.apply(self.components, state, checkpoint.name)
-        progress = state["progress"]
-        self.step, self.epoch, self.position = progress["step"], progress["epoch"], progress["position"]
+    def _apply(self, resumed: Resumed) -> None:
+        self.step, self.epoch, self.position = resumed.step, resumed.epoch, resumed.position
         self._consumed = self.position
-        self._pending_rng = {"states": state["rng"], "point": progress["rng_point"]}
-        self._saved_batch = state.get("batch")
-        self.metrics.update(checkpoint.manifest.metrics)
-        self.resumed_from = self.last_checkpoint = checkpoint
-        log.info("resuming from %s: epoch %d, step %d, sample %d of the epoch",
-                 checkpoint.path, self.epoch, self.step, self.position)
-
-    def _restore_rng(self, point: str) -> None:
-        pending = self._pending_rng
-        if pending is None:
-            return
-        rng.restore(pending["states"])
-        if pending["point"] == point:
-            self._pending_rng = None
+        self._pending_rng = resumed.pending_rng
+        self._saved_batch = resumed.batch
+        self.metrics.update(resumed.checkpoint.manifest.metrics)
+        self.resumed_from = self.last_checkpoint = resumed.checkpoint
 
     # -- the loop -------------------------------------------------------------
 
     def epochs(self, num_epochs: int) -> Iterator[int]:
         """The epochs still to run; an epoch ends when the loop body returns."""
         self._require_started()
-        if self.epoch > num_epochs:
-            source = self.resumed_from.name if self.resumed_from else "the checkpoint"
-            raise EpochOutOfRangeError(
-                f"The run asks for {num_epochs} epochs but {source} has already finished {self.epoch}; "
-                "raise the number of epochs or start fresh."
-            )
-        if self.epoch == num_epochs:
-            log.info("all %d epochs are already done; nothing to train", num_epochs)
+        check_epochs(self.epoch, num_epochs, self.resumed_from)
         self._num_epochs = num_epochs
-        self._restore_rng("between_epochs")
+        self._pending_rng = restore_rng(self._pending_rng, "between_epochs")
         while self.epoch < num_epochs:
             yield self.epoch
             self.epoch += 1
@@ -297,7 +252,7 @@ class Session:
         self._consumed = sampler.start
         iterator = iter(loader)
         self._iterator_this_epoch = True
-        self._restore_rng("in_epoch")
+        self._pending_rng = restore_rng(self._pending_rng, "in_epoch")
 
         def batches_left() -> int:
             left = total - self._consumed
@@ -468,28 +423,13 @@ class Session:
     def _beat(self, phase: Phase, force: bool = False) -> None:
         if not force and not self._heartbeat.due():
             return
-        now = time.monotonic()
-        then, samples = self._beat_mark
-        rate = (self._samples_seen - samples) / (now - then) if now > then and self._samples_seen > samples else None
-        self._beat_mark = (now, self._samples_seen)
-        memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         self._heartbeat.beat(step=self.step, epoch=self.epoch, phase=phase, loss=self.metrics.get("loss"),
-                             samples_per_s=rate, max_memory_bytes=memory, force=force,
-                             total_steps=self.total_steps)
+                             samples_per_s=self._rate.read(self._samples_seen), max_memory_bytes=max_memory_bytes(),
+                             force=force, total_steps=self.total_steps)
 
     def _require_started(self) -> None:
         if not self._started:
             raise LoopUsageError("Enter the session (with Session(...) as session) before using it.")
-
-
-def _register_stack_dumps() -> None:
-    """SIGUSR2 dumps every thread's stack to stderr, for the daemon to debug a hung job."""
-    for stream in (sys.stderr, sys.__stderr__):
-        try:
-            faulthandler.register(signal.SIGUSR2, file=stream, all_threads=True, chain=False)
-            return
-        except (AttributeError, ValueError, OSError):  # a stream without a file descriptor
-            continue
 
 
 def _device_of(model: torch.nn.Module | None) -> torch.device:
