@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import JOBS, TRAINSUP, Cli, DaemonProcess, wait_for, write_spec
+from support import JOBS, TRAINSUP, Cli, DaemonProcess, wait_for, write_spec
 
 PY = sys.executable
 SEED = 20240611

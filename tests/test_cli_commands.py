@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import Cli
+from support import Cli
 
 
 @pytest.mark.parametrize("args, fragment", [

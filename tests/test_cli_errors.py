@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, write_spec
+from support import Cli, write_spec
 
 GOOD = "name: ok\ncommand: echo hi\n"
 

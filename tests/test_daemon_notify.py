@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
+from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 
 PY = sys.executable
 WATCHDOG_USEC = 2_000_000

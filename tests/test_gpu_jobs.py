@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
+from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 from trainsup.gpu.probe import GpuProcess
 from trainsup.gpu.simulated import OTHER_USER_PID, write_sim
 from trainsup.supervisor import cgroup

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
+from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 
 PY = sys.executable
 FAILURES = {"crash", "cuda_oom", "host_oom", "hang", "lost", "spawn_failed"}

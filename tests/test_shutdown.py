@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 
-from conftest import JOBS, Cli, DaemonProcess, wait_for, write_spec
+from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 
 PY = sys.executable
 

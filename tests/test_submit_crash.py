@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import TRAINSUP, Cli, DaemonProcess, write_spec
+from support import TRAINSUP, Cli, DaemonProcess, write_spec
 
 
 def test_submits_killed_at_random_points_never_leave_a_partial_request(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
