@@ -1,0 +1,31 @@
+"""The CLI and the daemon never import torch (status must feel instant; the daemon needs no GPU stack)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+DAEMON_SIDE = [
+    "trainsup.cli", "trainsup.supervisor.daemon", "trainsup.supervisor.monitor", "trainsup.commands.status",
+    "trainsup.commands.logs", "trainsup.commands.show", "trainsup.commands.submit", "trainsup.doctor",
+    "trainsup.service", "trainsup.gpu.probe", "trainsup.gpu.nvml", "trainsup.gpu.simulated",
+]
+
+
+def test_daemon_side_modules_do_not_import_torch():
+    code = "import sys\n" + "".join(f"import {m}\n" for m in DAEMON_SIDE) + "print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_status_does_not_import_torch_or_pydantic(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.argv = ['trainsup', 'status', '--json']\n"
+        "from trainsup import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pydantic') if m in sys.modules), file=sys.stderr)"
+    )
+    env = {"TRAINSUP_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
