@@ -42,7 +42,7 @@ def already_done(state: StateDir, spec: JobSpec, text: str, spec_path: Path) -> 
     store = open_store(state)
     same = lambda s_name, s_text, s_path: (s_name, s_text, s_path) == (spec.name, text, str(spec_path.resolve()))
     if store is not None:
-        for job in reversed(store.jobs()):
+        for job in reversed(store.jobs_named(spec.name)):
             if same(job.name, job.spec_text, job.spec_path) and job.state not in ("failed", "cancelled"):
                 return job.id, str(job.state)
     for sub in pending_submissions(state):

@@ -217,9 +217,23 @@ class Store:
         return _job(row) if row else None
 
     def jobs(self, states: set[JobState] | None = None) -> list[Job]:
-        rows = self._db.execute("SELECT * FROM jobs ORDER BY submitted_at, id").fetchall()
-        jobs = [_job(row) for row in rows]
-        return [j for j in jobs if states is None or j.state in states]
+        """Jobs in submission order, only those in `states` if given (filtered by the index)."""
+        if states is None:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY submitted_at, id").fetchall()
+        else:
+            marks = ",".join("?" * len(states))
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY submitted_at, id", [str(s) for s in states]
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def jobs_named(self, name: str) -> list[Job]:
+        rows = self._db.execute("SELECT * FROM jobs WHERE name=? ORDER BY submitted_at, id", (name,)).fetchall()
+        return [_job(row) for row in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {row["state"]: row["n"] for row in rows}
 
     def job_summaries(self) -> list[sqlite3.Row]:
         """The columns `trainsup status` shows, for every job, in one query."""

@@ -213,9 +213,7 @@ class Daemon:
         log.info("daemon stopped")
 
     def _status_line(self) -> str:
-        counts: dict[str, int] = {}
-        for job in self.store.jobs({JobState.RUNNING, JobState.STARTING, JobState.QUEUED, JobState.BACKOFF}):
-            counts[job.state] = counts.get(job.state, 0) + 1
+        counts = self.store.count_by_state()
         running = counts.get("running", 0) + counts.get("starting", 0)
         waiting = counts.get("queued", 0) + counts.get("backoff", 0)
         return f"{running} running, {waiting} waiting"
