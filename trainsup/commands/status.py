@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.commands.table import format_table
 from trainsup.durable import read_json
+from trainsup.jobs.states import JobState
+from trainsup.supervisor.checkpoints import newest_checkpoint
 from trainsup.paths import StateDir
 from trainsup.units import format_duration
 
@@ -28,7 +31,7 @@ def job_rows(state: StateDir) -> list[dict[str, Any]]:
                 "id": sub["job_id"], "name": sub["spec"]["name"], "state": "queued",
                 "pending_intake": True, "attempts": 0, "submitted_at": sub["submitted_at"],
                 "state_since": sub["submitted_at"], "pid": None, "last_reason": None,
-                "runtime_s": None, "result": None, "batch": None, "progress": None,
+                "runtime_s": None, "result": None, "batch": None, "progress": None, "last_checkpoint": None,
             })
     return rows
 
@@ -48,7 +51,22 @@ def _summary(row) -> dict[str, Any]:
         "next_start_at": row["next_start_at"],
         "progress": _with_eta(_progress(row["run_dir"]), row) if live else None,
         "peak_gpu_memory": row["peak_gpu_memory"],
+        "last_checkpoint": _last_checkpoint(row),
     }
+
+
+def _last_checkpoint(row) -> dict | None:
+    """The newest checkpoint: looked up on disk for unfinished jobs, as recorded otherwise."""
+    name, at = row["checkpoint_after"], None
+    if not JobState(row["state"]).is_terminal:
+        name = newest_checkpoint(row["checkpoint_dir"]) or row["checkpoint_before"]
+    if name is None:
+        return None
+    try:
+        at = os.stat(os.path.join(row["checkpoint_dir"], name)).st_mtime
+    except OSError:
+        pass
+    return {"name": name, "saved_at": at}
 
 
 def _with_eta(beat: dict | None, row) -> dict | None:
@@ -103,12 +121,13 @@ def render_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no jobs yet: trainsup submit job.yaml")
         return
-    header = ("ID", "NAME", "STATE", "ATTEMPT", "RUNTIME", "LAST END", "PID", "PROGRESS")
+    header = ("ID", "NAME", "STATE", "ATTEMPT", "RUNTIME", "LAST END", "PID", "CHECKPOINT", "PROGRESS")
     print(format_table(header, [
         (
             row["id"], row["name"], _state_text(row), str(row["attempts"] or "-"),
             format_duration(row["runtime_s"]) if row["runtime_s"] is not None else "-",
-            row["last_reason"] or "-", str(row["pid"] or "-"), _progress_text(row["progress"]),
+            row["last_reason"] or "-", str(row["pid"] or "-"), _checkpoint_text(row.get("last_checkpoint")),
+            _progress_text(row["progress"]),
         )
         for row in rows
     ]))
@@ -123,6 +142,8 @@ def render_detail(detail: dict[str, Any]) -> None:
         print(f"  batch: micro {batch['micro']} × accumulation {batch['accum']} = global {batch['global']}")
     if detail.get("progress"):
         print(f"  progress: {_progress_text(detail['progress'])}")
+    if detail.get("last_checkpoint"):
+        print(f"  last checkpoint: {_checkpoint_text(detail['last_checkpoint'])}")
     if not detail["attempts"]:
         return
     header = ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "BATCH", "GPU PEAK", "CHECKPOINT")
@@ -144,6 +165,15 @@ def _state_text(row: dict[str, Any]) -> str:
     if row["state"] == "backoff" and row.get("next_start_at"):
         return f"backoff ({max(0, row['next_start_at'] - time.time()):.0f}s)"
     return row["state"]
+
+
+def _checkpoint_text(checkpoint: dict | None) -> str:
+    if not checkpoint:
+        return "-"
+    step = _step_of(checkpoint["name"])
+    if checkpoint.get("saved_at") is None:
+        return f"step {step}"
+    return f"step {step}, {format_duration(max(0.0, time.time() - checkpoint['saved_at']))} ago"
 
 
 def _batch_text(batch: dict | None) -> str:
