@@ -32,6 +32,7 @@ def job_rows(state: StateDir) -> list[dict[str, Any]]:
                 "pending_intake": True, "attempts": 0, "submitted_at": sub["submitted_at"],
                 "state_since": sub["submitted_at"], "pid": None, "last_reason": None,
                 "runtime_s": None, "result": None, "batch": None, "progress": None, "last_checkpoint": None,
+                "peak_gpu_memory": None,
             })
     return rows
 
@@ -127,7 +128,7 @@ def render_table(rows: list[dict[str, Any]]) -> None:
             row["id"], row["name"], _state_text(row), str(row["attempts"] or "-"),
             format_duration(row["runtime_s"]) if row["runtime_s"] is not None else "-",
             row["last_reason"] or "-", str(row["pid"] or "-"), _checkpoint_text(row.get("last_checkpoint")),
-            _progress_text(row["progress"]),
+            _progress_text(row["progress"], row["peak_gpu_memory"] if row["pid"] else None),
         )
         for row in rows
     ]))
@@ -184,9 +185,10 @@ def _bytes_text(size: int | None) -> str:
     return f"{size / 2**30:.1f} GiB" if size else "-"
 
 
-def _progress_text(beat: dict | None) -> str:
+def _progress_text(beat: dict | None, gpu_peak: int | None = None) -> str:
+    gpu = f"GPU peak {_bytes_text(gpu_peak)}" if gpu_peak else None
     if not beat:
-        return "-"
+        return gpu or "-"
     parts = [f"step {beat.get('step')}", f"epoch {beat.get('epoch')}"]
     if beat.get("loss") is not None:
         parts.append(f"loss {beat['loss']:.4g}")
@@ -196,4 +198,6 @@ def _progress_text(beat: dict | None) -> str:
         parts.append(f"ETA {format_duration(beat['eta_s'])}")
     if beat.get("phase") not in (None, "train"):
         parts.append(str(beat["phase"]))
+    if gpu:
+        parts.append(gpu)
     return ", ".join(parts)

@@ -172,9 +172,15 @@ class Attempts:
                 self.store.add_event(live.job_id, "hang", f"attempt {live.number} hung: {verdict.describe()}", now)
                 hangs.kill_hung(live.run_dir, live.job_pid, verdict)
             if live.gpu_uuids:
-                pids = process_tree(live.job_pid)
-                live.seen_pids |= pids
-                live.peak_gpu_memory = max(live.peak_gpu_memory, self.gpus.memory_of(pids))
+                self._sample_gpu_memory(live)
+
+    def _sample_gpu_memory(self, live: LiveAttempt) -> None:
+        pids = process_tree(live.job_pid)
+        live.seen_pids |= pids
+        used = self.gpus.memory_of(pids)
+        if used > live.peak_gpu_memory * 1.05:  # record growth for `trainsup status`, not every wiggle
+            self.store.update_attempt(live.job_id, live.number, peak_gpu_memory=used)
+        live.peak_gpu_memory = max(live.peak_gpu_memory, used)
 
     # --- finish ------------------------------------------------------------------
 
