@@ -12,7 +12,7 @@ from trainsup.jobs import inbox
 from trainsup.jobs.requests import Submission
 from trainsup.jobs.spec import JobSpec, load_spec
 from trainsup.paths import StateDir
-from trainsup.supervisor.launcher import DAEMON_ONLY_VARIABLES
+from trainsup.supervisor.notify import SystemdNotifier
 
 
 def new_job_id() -> str:
@@ -64,7 +64,7 @@ def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> S
         spec=resolve(spec, spec_path, state, job_id),
         spec_text=text,
         spec_path=str(spec_path.resolve()),
-        environment={k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_VARIABLES},
+        environment=SystemdNotifier.clean_child_env(os.environ),
         submitted_at=time.time(),
         fresh=fresh,
     )

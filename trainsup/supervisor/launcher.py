@@ -11,12 +11,10 @@ from pathlib import Path
 
 from trainsup.durable import write_json_atomic
 from trainsup.jobs.store import Job
+from trainsup.supervisor.notify import SystemdNotifier
 
 LOCK_NAME = ".lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-# Variables of the daemon's own systemd unit that must not leak into jobs.
-DAEMON_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PIDS")
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,7 @@ def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
     """The submitting shell's environment, the spec's env on top, then ours."""
     env = dict(plan.job.environment)
     env.update(plan.job.spec.get("env") or {})
-    for name in DAEMON_ONLY_VARIABLES:
-        env.pop(name, None)
+    env = SystemdNotifier.clean_child_env(env)
     env.update(
         TRAINSUP_JOB_ID=plan.job.id,
         TRAINSUP_JOB_NAME=plan.job.name,
@@ -95,4 +92,4 @@ def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
 
 
 def _monitor_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DAEMON_ONLY_VARIABLES}
+    return SystemdNotifier.clean_child_env(os.environ)

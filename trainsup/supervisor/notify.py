@@ -15,11 +15,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import structlog
 
-log = structlog.get_logger(__name__)
+def _log():
+    # Imported on first use: `trainsup submit` imports this module for clean_child_env,
+    # and structlog would add ~0.1 s to every submit.
+    import structlog
+
+    return structlog.get_logger(__name__)
+
 
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# Variables of the daemon's own unit that must not leak into a job: the notify socket
+# and watchdog, and socket-activation fds a child would wrongly think are its own.
+UNIT_ONLY_ENV = (*NOTIFY_ENV, "LISTEN_FDS", "LISTEN_PIDS", "LISTEN_FDNAMES")
 _SEND_TIMEOUT_S = 1.0
 
 
@@ -100,7 +108,7 @@ class SystemdNotifier:
         except OSError as exc:
             if not self._warned:
                 self._warned = True
-                log.warning("sd_notify_failed", socket=self.address.replace("\0", "@"), error=str(exc))
+                _log().warning("sd_notify_failed", socket=self.address.replace("\0", "@"), error=str(exc))
             return False
         return True
 
@@ -112,8 +120,8 @@ class SystemdNotifier:
 
     @staticmethod
     def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
-        """`env` without the variables that would let a child talk to our unit."""
-        return {key: value for key, value in env.items() if key not in NOTIFY_ENV}
+        """`env` without the variables that belong to our unit (see UNIT_ONLY_ENV)."""
+        return {key: value for key, value in env.items() if key not in UNIT_ONLY_ENV}
 
 
 def _socket_address(value: str) -> str | None:
@@ -123,7 +131,7 @@ def _socket_address(value: str) -> str | None:
         return value
     # Empty, or a transport we do not speak (e.g. `vsock:`, systemd >= 253).
     if value:
-        log.warning("sd_notify_unsupported_socket", socket=value)
+        _log().warning("sd_notify_unsupported_socket", socket=value)
     return None
 
 
