@@ -41,8 +41,14 @@ def test_write_then_read(tmp_path: Path) -> None:
     assert read_heartbeats(tmp_path / "hb") == [beat(0), full]
     on_disk = json.loads((tmp_path / "hb" / "rank-1.json").read_text())
     assert on_disk == {"time": T0 + 2.5, "step": 1200, "epoch": 3, "phase": "eval", "loss": 1.93,
-                       "samples_per_s": 812.4, "max_memory_bytes": 9663676416, "pid": 4242}
+                       "samples_per_s": 812.4, "max_memory_bytes": 9663676416, "pid": 4242, "total_steps": None}
     assert sorted(p.name for p in (tmp_path / "hb").iterdir()) == ["rank-0.json", "rank-1.json"]
+
+
+def test_total_steps_round_trips(tmp_path: Path) -> None:
+    with_total = Heartbeat(0, T0, 10, 0, "train", 4242, total_steps=500)
+    write_heartbeat(tmp_path, with_total)
+    assert read_heartbeats(tmp_path) == [with_total]
 
 
 def test_rewriting_replaces(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ and none changes anything (the daemon-lock probe releases at once what it gets).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import shlex
 import shutil
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from trainsup.commands.common import daemon_pid
 from trainsup.paths import StateDir
 from trainsup.service import (
     LINGER_DIR,
@@ -85,26 +84,6 @@ def check_state_dir(root: Path) -> Check:
         fix = f"chmod 700 {shlex.quote(str(root))}"
         return Check(name, False, f"{root} has mode {mode:04o}, not 0700; run `{fix}`.")
     return Check(name, True, f"{root} exists, is yours and has mode 0700.")
-
-
-def daemon_pid(lock_path: Path) -> int | None:
-    """The pid of the daemon holding `lock_path`, 0 if it holds it but wrote no pid, None if none does."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            content = os.read(fd, 64).decode(errors="replace").strip()
-            return int(content) if content.isdigit() else 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def check_daemon(lock_path: Path) -> Check:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -38,19 +39,29 @@ def pending_submissions(state: StateDir) -> list[dict]:
     return found
 
 
-def daemon_running(state: StateDir) -> bool:
-    """True if a daemon holds the state dir's lock."""
+def daemon_pid(lock_path: Path) -> int | None:
+    """The pid of the daemon holding `lock_path` (the daemon writes it there), 0 if it holds it but wrote no pid, None if none does."""
     try:
-        fd = os.open(state.daemon_lock, os.O_RDONLY)
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            content = os.read(fd, 64).decode(errors="replace").strip()
+            return int(content) if content.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
         os.close(fd)
+
+
+def daemon_running(state: StateDir) -> bool:
+    """True if a daemon holds the state dir's lock."""
+    return daemon_pid(state.daemon_lock) is not None
 
 
 def resolve_job(state: StateDir, store: Store | None, key: str) -> JobRef:

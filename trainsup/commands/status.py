@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.commands.table import format_table
-from trainsup.durable import read_json
+from trainsup.supervisor.heartbeat import latest, read_heartbeats
 from trainsup.jobs.states import JobState
 from trainsup.supervisor.checkpoints import newest_checkpoint
 from trainsup.paths import StateDir
@@ -93,11 +94,8 @@ def _progress(run_dir: str | None) -> dict | None:
     """The newest heartbeat of the running attempt, if the job sends them."""
     if not run_dir:
         return None
-    from pathlib import Path
-
-    beats = [read_json(p) for p in Path(run_dir, "heartbeat").glob("rank-*.json")]
-    beats = [b for b in beats if isinstance(b, dict)]
-    return max(beats, key=lambda b: b.get("time", 0), default=None)
+    beat = latest(read_heartbeats(Path(run_dir) / "heartbeat"))
+    return beat.to_json() if beat else None
 
 
 def job_detail(state: StateDir, key: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class Heartbeat:
     loss: float | None = None
     samples_per_s: float | None = None
     max_memory_bytes: int | None = None
+    total_steps: int | None = None  # the run's length, for the ETA in `trainsup status`
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -109,6 +110,7 @@ def _parse(rank: int, payload: Any) -> Heartbeat | None:
         loss=_optional_float(payload.get("loss")),
         samples_per_s=_optional_float(payload.get("samples_per_s")),
         max_memory_bytes=payload.get("max_memory_bytes") if _is_int(payload.get("max_memory_bytes")) else None,
+        total_steps=payload.get("total_steps") if _is_int(payload.get("total_steps")) else None,
     )
 
 
