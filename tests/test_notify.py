@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from trainsup.contracts import clean_child_env
 from trainsup.supervisor.notify import SystemdNotifier
 
 
@@ -134,6 +135,6 @@ def test_clean_child_env_removes_only_the_notify_variables() -> None:
         "PATH": "/usr/bin",
         "TRAINSUP_JOB_ID": "j1",
     }
-    cleaned = SystemdNotifier.clean_child_env(env)
+    cleaned = clean_child_env(env)
     assert cleaned == {"PATH": "/usr/bin", "TRAINSUP_JOB_ID": "j1"}
     assert "NOTIFY_SOCKET" in env  # the input is left alone

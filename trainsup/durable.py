@@ -36,11 +36,3 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=True).encode())
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in `path`, or None if it does not exist or is not valid JSON yet."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None

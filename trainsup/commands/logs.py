@@ -12,7 +12,7 @@ from trainsup.commands.common import open_store, resolve_job
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Attempt
 from trainsup.paths import StateDir
-from trainsup.supervisor.classify import describe_exit
+from trainsup.contracts import describe_exit
 
 FOLLOW_POLL_S = 0.2
 

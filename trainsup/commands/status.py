@@ -10,9 +10,8 @@ from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.commands.table import format_table
-from trainsup.supervisor.heartbeat import latest, read_heartbeats
+from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, newest_step_dir, read_heartbeats
 from trainsup.jobs.states import JobState
-from trainsup.supervisor.checkpoints import newest_checkpoint
 from trainsup.paths import StateDir
 from trainsup.units import format_duration
 
@@ -61,7 +60,7 @@ def _last_checkpoint(row) -> dict | None:
     """The newest checkpoint: looked up on disk for unfinished jobs, as recorded otherwise."""
     name, at = row["checkpoint_after"], None
     if not JobState(row["state"]).is_terminal:
-        name = newest_checkpoint(row["checkpoint_dir"]) or row["checkpoint_before"]
+        name = newest_step_dir(Path(row["checkpoint_dir"])) or row["checkpoint_before"]
     if name is None:
         return None
     try:
@@ -94,7 +93,7 @@ def _progress(run_dir: str | None) -> dict | None:
     """The newest heartbeat of the running attempt, if the job sends them."""
     if not run_dir:
         return None
-    beat = latest(read_heartbeats(Path(run_dir) / "heartbeat"))
+    beat = latest_heartbeat(read_heartbeats(Path(run_dir) / HEARTBEAT_DIR))
     return beat.to_json() if beat else None
 
 

@@ -7,12 +7,12 @@ import secrets
 import time
 from pathlib import Path
 
+from trainsup.contracts import clean_child_env
 from trainsup.errors import SpecError
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import Submission
 from trainsup.jobs.spec import JobSpec, load_spec
 from trainsup.paths import StateDir
-from trainsup.supervisor.notify import SystemdNotifier
 
 
 def new_job_id() -> str:
@@ -64,7 +64,7 @@ def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> S
         spec=resolve(spec, spec_path, state, job_id),
         spec_text=text,
         spec_path=str(spec_path.resolve()),
-        environment=SystemdNotifier.clean_child_env(os.environ),
+        environment=clean_child_env(os.environ),
         submitted_at=time.time(),
         fresh=fresh,
     )

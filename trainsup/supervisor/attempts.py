@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from trainsup.durable import read_json
+from trainsup.contracts import read_json
 from trainsup.jobs.spec import RestartPolicy
 from trainsup.jobs.states import EndReason, JobState
 from trainsup.jobs.store import Attempt, Job, Store

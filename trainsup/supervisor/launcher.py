@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainsup.durable import write_json_atomic
 from trainsup.jobs.store import Job
-from trainsup.supervisor.notify import SystemdNotifier
+from trainsup.contracts import clean_child_env
 
 LOCK_NAME = ".lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -38,7 +38,7 @@ def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
     """The submitting shell's environment, the spec's env on top, then ours."""
     env = dict(plan.job.environment)
     env.update(plan.job.spec.get("env") or {})
-    env = SystemdNotifier.clean_child_env(env)
+    env = clean_child_env(env)
     env.update(
         TRAINSUP_JOB_ID=plan.job.id,
         TRAINSUP_JOB_NAME=plan.job.name,
@@ -92,4 +92,4 @@ def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
 
 
 def _monitor_environment() -> dict[str, str]:
-    return SystemdNotifier.clean_child_env(os.environ)
+    return clean_child_env(os.environ)

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from trainsup.durable import read_json, write_json_atomic
+from trainsup.contracts import read_json
+from trainsup.durable import write_json_atomic
 
 PR_SET_CHILD_SUBREAPER = 36
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 
 
 def _log():
-    # Imported on first use: `trainsup submit` imports this module for clean_child_env,
-    # and structlog would add ~0.1 s to every submit.
     import structlog
 
     return structlog.get_logger(__name__)
 
 
-NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-# Variables of the daemon's own unit that must not leak into a job: the notify socket
-# and watchdog, and socket-activation fds a child would wrongly think are its own.
-UNIT_ONLY_ENV = (*NOTIFY_ENV, "LISTEN_FDS", "LISTEN_PIDS", "LISTEN_FDNAMES")
 _SEND_TIMEOUT_S = 1.0
 
 
@@ -117,11 +111,6 @@ class SystemdNotifier:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
-
-    @staticmethod
-    def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
-        """`env` without the variables that belong to our unit (see UNIT_ONLY_ENV)."""
-        return {key: value for key, value in env.items() if key not in UNIT_ONLY_ENV}
 
 
 def _socket_address(value: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from trainsup.durable import read_json
+from trainsup.contracts import read_json
 from trainsup.jobs.states import EndReason
 from trainsup.jobs.store import Attempt, Store
 from trainsup.supervisor import host

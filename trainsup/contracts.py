@@ -1,0 +1,324 @@
+"""What the CLI, the daemon, the attempt monitor and the training process agree on.
+
+Stdlib only: the monitor and `trainsup status` import it, and so does the trainer.
+
+- exit codes and the environment an attempt gets (`TRAINSUP_*`);
+- the files of an attempt's run dir and what is in them;
+- the heartbeat record (`<TRAINSUP_HEARTBEAT>/rank-<N>.json`), written and read here;
+- the checkpoint dir: the trainer's `step-NNNNNNNNN` names and the `.lock` file;
+- which variables of the daemon's own unit never reach a job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# --- exit codes ----------------------------------------------------------------
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the job checkpointed on request and wants to be resumed
+
+# --- the environment of an attempt ---------------------------------------------
+
+ENV_JOB_ID = "TRAINSUP_JOB_ID"
+ENV_JOB_NAME = "TRAINSUP_JOB_NAME"
+ENV_ATTEMPT = "TRAINSUP_ATTEMPT"
+ENV_RUN_DIR = "TRAINSUP_RUN_DIR"
+ENV_CHECKPOINT_DIR = "TRAINSUP_CHECKPOINT_DIR"
+ENV_HEARTBEAT = "TRAINSUP_HEARTBEAT"
+ENV_BATCH_SIZE = "TRAINSUP_BATCH_SIZE"
+ENV_GRAD_ACCUM = "TRAINSUP_GRAD_ACCUM"
+ENV_GLOBAL_BATCH_SIZE = "TRAINSUP_GLOBAL_BATCH_SIZE"
+
+# Variables of the daemon's own unit that must not leak into a job: the notify socket
+# and watchdog, and socket-activation fds a child would wrongly think are its own.
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+UNIT_ONLY_ENV = (*NOTIFY_ENV, "LISTEN_FDS", "LISTEN_PIDS", "LISTEN_FDNAMES")
+
+
+def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the variables that belong to the daemon's own systemd unit."""
+    return {key: value for key, value in env.items() if key not in UNIT_ONLY_ENV}
+
+
+# --- the run dir of an attempt: jobs/<id>/attempt-N.run/ ------------------------
+
+LAUNCH_FILE = "launch.json"  # daemon → monitor: command, cwd, env, log, lock, grace, cgroup
+STARTED_FILE = "started.json"  # monitor: the job's pid and start time
+ENDED_FILE = "ended.json"  # monitor: how the job's main process ended
+EXIT_FILE = "exit.json"  # trainer: why it is exiting (`ExitReason`), step, detail
+RESUME_FILE = "resume.json"  # trainer: which checkpoint it really started from
+HANG_FILE = "hang.json"  # daemon: the hang verdict it killed the attempt for (a record for people)
+HEARTBEAT_DIR = "heartbeat"  # every rank: rank-<N>.json
+MONITOR_LOG = "monitor.log"  # the monitor's own stderr
+
+ExitReason = Literal["preempted", "oom", "error"]
+
+
+@dataclass(frozen=True)
+class EndedRecord:
+    """`ended.json`: what the monitor saw when the job's main process ended."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    ended_at: float | None = None
+    never_started: bool = False  # stopped before it started the job (e.g. waiting for the lock)
+    spawn_error: str | None = None  # the command could not be started
+    stop_requested: bool = False  # the monitor had been asked to stop the job
+    killed_after_grace: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: Any) -> "EndedRecord | None":
+        if not isinstance(payload, Mapping):
+            return None
+        return cls(
+            exit_code=_int_or_none(payload.get("exit_code")),
+            signal=_int_or_none(payload.get("signal")),
+            ended_at=_float_or_none(payload.get("ended_at")),
+            never_started=bool(payload.get("never_started")),
+            spawn_error=payload.get("spawn_error") if isinstance(payload.get("spawn_error"), str) else None,
+            stop_requested=bool(payload.get("stop_requested")),
+            killed_after_grace=bool(payload.get("killed_after_grace")),
+        )
+
+
+@dataclass(frozen=True)
+class TrainerExit:
+    """`exit.json`: the training process said why it is exiting."""
+
+    reason: str  # one of ExitReason; other values are kept but mean nothing to the daemon
+    step: int | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: Any) -> "TrainerExit | None":
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("reason"), str):
+            return None
+        detail = payload.get("detail")
+        return cls(reason=payload["reason"], step=_int_or_none(payload.get("step")),
+                   detail=detail if isinstance(detail, str) else "")
+
+
+def describe_exit(exit_code: int | None, signum: int | None) -> str:
+    """`exit 3`, `killed by SIGKILL`, or `no exit status`."""
+    if signum is not None:
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:
+            return f"killed by signal {signum}"
+    if exit_code is None:
+        return "no exit status"
+    return f"exit {exit_code}"
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in `path`, or None if it does not exist or is not valid JSON (yet)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def read_ended(run_dir: Path) -> EndedRecord | None:
+    return EndedRecord.from_json(read_json(run_dir / ENDED_FILE))
+
+
+def read_trainer_exit(run_dir: Path) -> TrainerExit | None:
+    return TrainerExit.from_json(read_json(run_dir / EXIT_FILE))
+
+
+# --- heartbeats ----------------------------------------------------------------
+
+Phase = Literal["start", "train", "eval", "checkpoint"]
+PHASES: tuple[str, ...] = ("start", "train", "eval", "checkpoint")
+_HEARTBEAT_FILE = re.compile(r"rank-(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One rank's latest sign of life. `time` is the wall clock: the reader is another process.
+
+    On disk (`rank-<rank>.json`, replaced at most 4 times a second, never fsync'd)::
+
+        {"time": 1718000000.5, "step": 1200, "epoch": 3, "phase": "train", "loss": 1.93,
+         "samples_per_s": 812.4, "max_memory_bytes": 9663676416, "pid": 4242, "total_steps": 6000}
+    """
+
+    rank: int
+    time: float
+    step: int
+    epoch: int
+    phase: str
+    pid: int
+    loss: float | None = None
+    samples_per_s: float | None = None
+    max_memory_bytes: int | None = None
+    total_steps: int | None = None  # the run's length, for the ETA in `trainsup status`
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        del payload["rank"]
+        return payload
+
+
+def heartbeat_path(directory: Path, rank: int) -> Path:
+    return directory / f"rank-{rank}.json"
+
+
+def write_heartbeat(directory: Path, beat: Heartbeat) -> None:
+    """Replace `<directory>/rank-<N>.json` with `beat` (temp file + rename, no fsync).
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    path = heartbeat_path(directory, beat.rank)
+    tmp = directory / f".rank-{beat.rank}.json.tmp-{os.getpid()}"
+    data = json.dumps(beat.to_json())
+    try:
+        tmp.write_text(data)
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def read_heartbeats(directory: Path) -> list[Heartbeat]:
+    """Every readable heartbeat in `directory`, by rank; missing or garbled files are skipped."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    beats = []
+    for name in names:
+        match = _HEARTBEAT_FILE.fullmatch(name)
+        if match is None:
+            continue
+        beat = _parse_heartbeat(int(match.group(1)), read_json(directory / name))
+        if beat is not None:
+            beats.append(beat)
+    return sorted(beats, key=lambda b: b.rank)
+
+
+def latest_heartbeat(beats: Iterable[Heartbeat]) -> Heartbeat | None:
+    return max(beats, key=lambda b: b.time, default=None)
+
+
+def _parse_heartbeat(rank: int, payload: Any) -> Heartbeat | None:
+    if not isinstance(payload, Mapping):
+        return None
+    time, step, epoch, pid = (payload.get(k) for k in ("time", "step", "epoch", "pid"))
+    phase = payload.get("phase")
+    if not _is_number(time) or not math.isfinite(time) or phase not in PHASES:
+        return None
+    if not (_is_int(step) and _is_int(pid) and (epoch is None or _is_int(epoch))):
+        return None
+    return Heartbeat(
+        rank=rank, time=float(time), step=step, epoch=epoch or 0, phase=phase, pid=pid,
+        loss=_float_or_none(payload.get("loss")),
+        samples_per_s=_float_or_none(payload.get("samples_per_s")),
+        max_memory_bytes=_int_or_none(payload.get("max_memory_bytes")),
+        total_steps=_int_or_none(payload.get("total_steps")),
+    )
+
+
+# --- the checkpoint dir ----------------------------------------------------------
+
+LOCK_FILE = ".lock"  # held by the attempt (monitor and job) or a standalone trainer run
+STEP_DIR_PREFIX = "step-"
+_STEP_DIR = re.compile(r"step-(\d{9,})")
+
+
+def step_dir_name(step: int) -> str:
+    """The trainer's name for the checkpoint of `step`: `step-000001200`."""
+    return f"{STEP_DIR_PREFIX}{step:09d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step of a trainer checkpoint dir name, None for any other name."""
+    match = _STEP_DIR.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def newest_step_dir(checkpoint_dir: Path) -> str | None:
+    """The name of the newest `step-…` entry by step (not verified: the trainer verifies)."""
+    try:
+        names = os.listdir(checkpoint_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    steps = [(step, name) for name in names if (step := parse_step_dir(name)) is not None]
+    return max(steps)[1] if steps else None
+
+
+# --- exclusive locks (flock) -------------------------------------------------------
+
+
+def open_lock_file(path: Path) -> int:
+    """An fd on the lock file `path` (created 0600), for `try_lock`."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive flock on `fd` without waiting; False if another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def write_owner(fd: int) -> None:
+    """Write this process's pid into a lock file it holds, for `lock_owner` to read."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def lock_owner(path: Path) -> int | None:
+    """The pid written in a held lock file (0 if it holds no pid), None if nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        if try_lock(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        content = os.read(fd, 64).decode(errors="replace").strip()
+        return int(content) if content.isdigit() else 0
+    finally:
+        os.close(fd)
+
+
+# --- small parsers -------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if _is_int(value) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if _is_number(value) else None
