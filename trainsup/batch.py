@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainsup.contracts import ENV_BATCH_SIZE, ENV_GLOBAL_BATCH_SIZE, ENV_GRAD_ACCUM
+from trainsup.errors import TrainsupError
 
 
-class BatchError(ValueError):
+class BatchError(TrainsupError):
     """A batch that cannot be: sizes below 1, or a micro-batch that does not divide the global batch."""
 
 
