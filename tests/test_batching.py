@@ -1,20 +1,20 @@
-"""Micro-batch backoff, table-driven."""
+"""The one batch type: micro-batch backoff (daemon) and the environment (trainer), table-driven."""
 
 from __future__ import annotations
 
 import pytest
 
-from trainsup.supervisor.batching import BatchConfig, after_oom, initial, to_env
+from trainsup.batch import Batch, BatchError
 
 
 def chain(global_batch: int, micro: int, factor: float = 0.5, min_micro: int = 1) -> list[int]:
     """The micro-batches of successive attempts until backoff gives up."""
-    cfg: BatchConfig | None = initial(global_batch, micro)
+    batch: Batch | None = Batch.of_global(global_batch, micro)
     micros = []
-    while cfg is not None:
-        assert cfg.micro * cfg.accum == global_batch
-        micros.append(cfg.micro)
-        cfg = after_oom(cfg, factor, min_micro=min_micro)
+    while batch is not None:
+        assert batch.global_batch == global_batch
+        micros.append(batch.micro)
+        batch = batch.after_oom(factor, min_micro=min_micro)
     return micros
 
 
@@ -41,44 +41,78 @@ def test_backoff_chain(global_batch, micro, factor, min_micro, expected) -> None
 @pytest.mark.parametrize(
     "current, factor, min_micro, expected",
     [
-        (BatchConfig(256, 64, 4), 0.5, 1, BatchConfig(256, 32, 8)),
-        (BatchConfig(96, 48, 2), 0.5, 1, BatchConfig(96, 24, 4)),
-        (BatchConfig(96, 24, 4), 0.5, 1, BatchConfig(96, 12, 8)),
-        (BatchConfig(96, 3, 32), 0.5, 1, BatchConfig(96, 1, 96)),
-        (BatchConfig(12, 12, 1), 0.5, 8, None),
-        (BatchConfig(12, 1, 12), 0.5, 1, None),
-        (BatchConfig(100, 100, 1), 0.29, 1, BatchConfig(100, 25, 4)),
-        (BatchConfig(60, 60, 1), 0.1, 1, BatchConfig(60, 6, 10)),
+        (Batch(64, 4), 0.5, 1, Batch(32, 8)),
+        (Batch(48, 2), 0.5, 1, Batch(24, 4)),
+        (Batch(24, 4), 0.5, 1, Batch(12, 8)),
+        (Batch(3, 32), 0.5, 1, Batch(1, 96)),
+        (Batch(12, 1), 0.5, 8, None),
+        (Batch(1, 12), 0.5, 1, None),
+        (Batch(100, 1), 0.29, 1, Batch(25, 4)),
+        (Batch(60, 1), 0.1, 1, Batch(6, 10)),
     ],
 )
 def test_after_oom(current, factor, min_micro, expected) -> None:
-    assert after_oom(current, factor, min_micro=min_micro) == expected
+    assert current.after_oom(factor, min_micro=min_micro) == expected
 
 
 @pytest.mark.parametrize("factor", [0.0, 1.0, 1.5, -0.5])
 def test_factor_must_shrink(factor) -> None:
-    with pytest.raises(ValueError, match="factor"):
-        after_oom(BatchConfig(8, 8, 1), factor)
+    with pytest.raises(BatchError, match="factor"):
+        Batch(8, 1).after_oom(factor)
 
 
-@pytest.mark.parametrize(
-    "global_batch, micro, accum",
-    [(8, 3, 3), (8, 0, 0), (0, 1, 0), (8, 4, 3)],
-)
-def test_batch_config_keeps_the_product_exact(global_batch, micro, accum) -> None:
-    with pytest.raises(ValueError):
-        BatchConfig(global_batch, micro, accum)
+@pytest.mark.parametrize("micro, accum", [(0, 1), (1, 0), (-4, 2)])
+def test_sizes_are_positive(micro, accum) -> None:
+    with pytest.raises(BatchError):
+        Batch(micro, accum)
 
 
-def test_initial() -> None:
-    assert initial(256, 64) == BatchConfig(256, 64, 4)
-    with pytest.raises(ValueError, match="does not divide"):
-        initial(100, 32)
+def test_of_global() -> None:
+    assert Batch.of_global(256, 64) == Batch(64, 4)
+    with pytest.raises(BatchError, match="does not divide"):
+        Batch.of_global(100, 32)
+
+
+def test_dict_round_trip_and_the_old_key() -> None:
+    assert Batch(24, 4).as_dict() == {"micro": 24, "grad_accum": 4, "global": 96}
+    assert Batch.from_dict(Batch(24, 4).as_dict()) == Batch(24, 4)
+    assert Batch.from_dict({"global": 96, "micro": 24, "accum": 4}) == Batch(24, 4)  # schema 1
 
 
 def test_to_env() -> None:
-    assert to_env(BatchConfig(96, 24, 4)) == {
+    assert Batch(24, 4).to_env() == {
         "TRAINSUP_BATCH_SIZE": "24",
         "TRAINSUP_GRAD_ACCUM": "4",
         "TRAINSUP_GLOBAL_BATCH_SIZE": "96",
     }
+
+
+# --- what the trainer reads: the script's defaults under the supervisor's variables ----
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, Batch(64, 2)),
+        (Batch(32, 4).to_env(), Batch(32, 4)),
+        ({"TRAINSUP_BATCH_SIZE": "16"}, Batch(16, 8)),  # the global batch 128 stays
+        ({"TRAINSUP_BATCH_SIZE": "16", "TRAINSUP_GLOBAL_BATCH_SIZE": "64"}, Batch(16, 4)),
+        ({"TRAINSUP_GRAD_ACCUM": "3"}, Batch(64, 3)),
+    ],
+)
+def test_from_env(env, expected) -> None:
+    assert Batch.from_env(64, 2, env) == expected
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"TRAINSUP_BATCH_SIZE": "many"}, "not a whole number"),
+        ({"TRAINSUP_BATCH_SIZE": "0"}, "at least 1"),
+        ({"TRAINSUP_BATCH_SIZE": "48"}, "does not divide"),
+        ({"TRAINSUP_BATCH_SIZE": "16", "TRAINSUP_GRAD_ACCUM": "2", "TRAINSUP_GLOBAL_BATCH_SIZE": "64"}, "is not"),
+    ],
+)
+def test_from_env_rejects_what_cannot_be(env, message) -> None:
+    with pytest.raises(BatchError, match=message):
+        Batch.from_env(64, 2, env)

@@ -6,15 +6,22 @@ import signal
 
 import pytest
 
+from trainsup.contracts import EXIT_PREEMPTED, TrainerExit, describe_exit
 from trainsup.jobs.states import EndReason
-from trainsup.supervisor.classify import EXIT_PREEMPTED, AttemptFacts, classify, describe_exit
+from trainsup.supervisor.classify import classify
+from trainsup.supervisor.observation import Observation
 
 R = EndReason
 KILL, TERM, SEGV = int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGSEGV)
 
 
-def facts(exit_code: int | None = 1, sig: int | None = None, **kwargs) -> AttemptFacts:
-    return AttemptFacts(exit_code=exit_code, signal=sig, **kwargs)
+def facts(exit_code: int | None = 1, sig: int | None = None, *, hang_detected: bool = False,
+          trainer_exit: dict | None = None, oom_kills_delta: int | None = None, **kwargs) -> Observation:
+    return Observation(
+        ended_at=0.0, exit_code=exit_code, signal=sig,
+        hang_verdict="no heartbeat for 700 s during train" if hang_detected else None,
+        trainer_exit=TrainerExit.from_json(trainer_exit), oom_kills=oom_kills_delta, **kwargs,
+    )
 
 
 # Every way the daemon may see an attempt end; each row is one reason.
@@ -37,18 +44,30 @@ CASES = [
     ("spawn failed", facts(None, None, spawn_error="No such file or directory: 'trian.py'"), R.SPAWN_FAILED),
     ("cuda oom in the log", facts(1, log_tail="RuntimeError: CUDA out of memory. Tried to allocate"), R.CUDA_OOM),
     ("trainer says oom", facts(1, trainer_exit={"reason": "oom", "step": 10, "detail": "x"}), R.CUDA_OOM),
+    ("monitor vanished", facts(None, lost=True), R.LOST),
+    ("machine went down", facts(None, host_restart=True), R.HOST_RESTART),
+    ("stopped before it started", facts(None, never_started=True, stop_requested="shutdown"), R.INTERRUPTED),
+    ("daemon died before starting it", facts(None, never_started=True), R.INTERRUPTED),
+    ("cancelled before it started", facts(None, never_started=True, stop_requested="cancel"), R.CANCELLED),
 ]
 
 
 @pytest.mark.parametrize("observed, reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_classify(observed: AttemptFacts, reason: EndReason) -> None:
+def test_classify(observed: Observation, reason: EndReason) -> None:
     assert classify(observed) is reason
 
 
 def test_every_reason_is_reachable() -> None:
-    """LOST and HOST_RESTART are set by the daemon itself, never inferred from facts."""
-    reached = {reason for _, _, reason in CASES}
-    assert set(EndReason) - reached == {R.LOST, R.HOST_RESTART}
+    """classify() is the only producer of a reason: every reason comes out of it."""
+    assert {reason for _, _, reason in CASES} == set(EndReason)
+
+
+def test_how_the_attempt_ended_beats_what_it_left_behind() -> None:
+    """No exit status to read: the log tail or exit.json of a lost attempt decide nothing."""
+    left_behind = dict(trainer_exit={"reason": "oom"}, log_tail="CUDA out of memory", hang_detected=True)
+    assert classify(facts(None, lost=True, **left_behind)) is R.LOST
+    assert classify(facts(None, host_restart=True, **left_behind)) is R.HOST_RESTART
+    assert classify(facts(None, host_restart=True, spawn_error="x")) is R.SPAWN_FAILED
 
 
 # --- precedence ------------------------------------------------------------------------

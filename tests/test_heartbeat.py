@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from trainsup.supervisor.heartbeat import (
-    Heartbeat,
+from trainsup.contracts import Heartbeat, read_heartbeats, write_heartbeat
+from trainsup.contracts import latest_heartbeat as latest
+from trainsup.jobs.spec import HeartbeatPolicy
+from trainsup.supervisor.hang_policy import (
     HangPolicy,
     HangTracker,
     HangVerdict,
     current_timeout,
     is_hung,
-    latest,
     new_attempt,
     observe,
-    read_heartbeats,
-    write_heartbeat,
 )
 
 T0 = 1_700_000_000.0  # the attempt starts; wall-clock seconds
@@ -134,14 +133,6 @@ def test_new_attempt_keeps_calibration_and_forgets_the_last_beat() -> None:
     assert observe(fresh, T0 + 1100, "train").longest_gap == 2.0
 
 
-def test_tracker_round_trips_through_a_dict() -> None:
-    tracker = feed(new_attempt(HangTracker(), T0), (1, "train"), (3, "checkpoint"))
-    stored = json.loads(json.dumps(tracker.to_dict()))
-    assert HangTracker.from_dict(stored) == tracker
-    assert HangTracker.from_dict({}) == HangTracker()
-    assert HangTracker.from_dict({"gaps": 4, "longest_gap": 2.0, "future_field": 1}) == HangTracker(gaps=4, longest_gap=2.0)
-
-
 # --- hang verdicts --------------------------------------------------------------------
 
 CALIBRATED = [(1, "train"), (3, "train"), (5, "train"), (6, "train")]  # 3 gaps, longest 2 s → 60 s floor
@@ -219,9 +210,10 @@ def test_verdict_describes_itself_in_one_sentence() -> None:
 @pytest.mark.parametrize("field", ["first_timeout", "checkpoint_timeout", "min_timeout", "safety_factor", "fixed_timeout"])
 def test_policy_rejects_non_positive_values(field: str) -> None:
     with pytest.raises(ValueError):
-        HangPolicy(**{field: 0})
+        HangPolicy(**{**vars(POLICY), field: 0})
 
 
 def test_default_policy_follows_nvrx() -> None:
-    policy = HangPolicy()
+    """The defaults are written once, in the job spec's `heartbeat:` section."""
+    policy = HangPolicy.of(HeartbeatPolicy())
     assert (policy.fixed_timeout, policy.first_timeout, policy.safety_factor) == (None, 3600.0, 5.0)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from trainsup.jobs.spec import RestartPolicy
+from trainsup.batch import Batch
+from trainsup.jobs.spec import BatchSize, RestartPolicy
 from trainsup.jobs.states import EndReason
-from trainsup.supervisor.policy import FAILURES, Action, AttemptRecord, backoff_delay, decide
+from trainsup.jobs.store import Attempt
+from trainsup.supervisor.policy import FAILURES, Action, AttemptRecord, backoff_delay, decide, records_of
 
 R = EndReason
 NO_JITTER = 0.5
@@ -311,3 +313,103 @@ def test_a_new_configuration_spends_its_own_budget() -> None:
     history = [attempt(R.CUDA_OOM, changed=True) for _ in range(3)]
     assert decide(history[:2], policy(max_restarts=9, on={"cuda_oom": 2})).action is Action.RESTART
     assert decide(history, policy(max_restarts=9, on={"cuda_oom": 2})).action is Action.FAIL
+
+
+# --- the batch after a CUDA OOM: decide() carries it ------------------------------------
+
+SPEC_BATCH = BatchSize.model_validate({"global": 256, "micro": 64, "min_micro": 8})
+
+
+def oom_decision(history, batch: Batch | None, batch_size: BatchSize | None = SPEC_BATCH, **kwargs):
+    return decide(history, kwargs.pop("restart", policy(max_restarts=2, initial=10, max=60)),
+                  batch=batch, batch_size=batch_size, **kwargs)
+
+
+# last attempt ran with → action, delay, batch of the next attempt
+BATCH_CASES = [
+    ("64 → 32", Batch(64, 4), Action.RESTART, 0.0, Batch(32, 8)),
+    ("16 → 8, the floor", Batch(16, 16), Action.RESTART, 0.0, Batch(8, 32)),
+    ("8 is min_micro: nothing smaller", Batch(8, 32), Action.FAIL, 0.0, None),
+]
+
+
+@pytest.mark.parametrize("last_batch, action, delay, next_batch", [c[1:] for c in BATCH_CASES],
+                         ids=[c[0] for c in BATCH_CASES])
+def test_cuda_oom_decides_the_next_batch(last_batch, action, delay, next_batch) -> None:
+    decision = oom_decision([attempt(R.CUDA_OOM)], last_batch)
+    assert (decision.action, decision.delay, decision.batch) == (action, delay, next_batch)
+
+
+def test_no_smaller_batch_says_why() -> None:
+    decision = oom_decision([attempt(R.CUDA_OOM)], Batch(8, 32))
+    assert "no smaller micro-batch ≥ min_micro 8" in decision.message
+
+
+def test_cuda_oom_without_a_batch_section_is_a_plain_failure() -> None:
+    decision = oom_decision([attempt(R.CUDA_OOM)], None, None)
+    assert (decision.action, decision.delay, decision.batch) == (Action.RESTART, 10.0, None)
+
+
+def test_the_global_batch_never_changes() -> None:
+    batch, history = Batch(64, 4), []
+    while True:
+        history.append(attempt(R.CUDA_OOM))
+        decision = oom_decision(history, batch, batch_size=BatchSize.model_validate({"global": 256, "micro": 64}))
+        if decision.batch is None:
+            break
+        assert decision.batch.global_batch == 256 and decision.batch.micro < batch.micro
+        history[-1] = attempt(R.CUDA_OOM, changed=True)
+        batch = decision.batch
+    assert batch == Batch(1, 256) and decision.action is Action.FAIL
+
+
+def test_a_smaller_batch_does_not_spend_the_shared_budget() -> None:
+    history = [*(attempt(R.CUDA_OOM, changed=True) for _ in range(4)), attempt(R.CUDA_OOM)]
+    assert oom_decision(history, Batch(32, 8)).batch == Batch(16, 16)
+
+
+def test_an_own_cuda_oom_budget_can_stop_the_backoff() -> None:
+    history = [attempt(R.CUDA_OOM, changed=True), attempt(R.CUDA_OOM)]
+    decision = oom_decision(history, Batch(32, 8), restart=policy(on={"cuda_oom": 1}))
+    assert (decision.action, decision.batch) == (Action.FAIL, None)
+
+
+def test_cancel_wins_over_a_batch_backoff() -> None:
+    decision = oom_decision([attempt(R.CUDA_OOM)], Batch(64, 4), cancel_requested=True)
+    assert (decision.action, decision.batch) == (Action.CANCEL, None)
+
+
+@pytest.mark.parametrize("reason", [R.CRASH, R.HANG, R.HOST_OOM, R.SUCCEEDED, R.PREEMPTED])
+def test_only_a_cuda_oom_changes_the_batch(reason: EndReason) -> None:
+    assert oom_decision([attempt(reason)], Batch(64, 4)).batch is None
+
+
+# --- records_of(): stored attempts → the records decide() reads -------------------------
+
+
+def stored(number: int, reason: EndReason | None, started: float, ended: float | None = None,
+           before: str | None = None, after: str | None = None, batch: Batch | None = None) -> Attempt:
+    return Attempt(job_id="j", number=number, run_dir="", log_path="", boot_id="b", started_at=started,
+                   monitor_pid=None, monitor_started=None, job_pid=None, ended_at=ended, exit_code=None,
+                   signal=None, reason=reason, detail=None, checkpoint_before=before, checkpoint_after=after,
+                   batch=batch, peak_gpu_memory=None)
+
+
+def test_records_of_reads_uptime_progress_and_batch_changes() -> None:
+    attempts = [
+        stored(1, R.CUDA_OOM, 100, 110, batch=Batch(64, 4)),
+        stored(2, R.CRASH, 120, 150, before=None, after="step-000000010", batch=Batch(32, 8)),
+        stored(3, R.CRASH, 160, 161, before="step-000000010", after="step-000000010", batch=Batch(32, 8)),
+        stored(4, None, 170),  # still running: not a record
+    ]
+    assert records_of(attempts) == [
+        AttemptRecord(R.CUDA_OOM, 10, new_checkpoint=False, changed_config=True),
+        AttemptRecord(R.CRASH, 30, new_checkpoint=True, changed_config=False),
+        AttemptRecord(R.CRASH, 1, new_checkpoint=False, changed_config=False),
+    ]
+
+
+def test_records_of_starts_at_a_budget_reset() -> None:
+    attempts = [stored(1, R.CRASH, 100, 101), stored(2, R.CRASH, 200, 201), stored(3, R.CRASH, 300, 301)]
+    assert len(records_of(attempts, since=200)) == 2
+    assert len(records_of(attempts, since=None)) == 3

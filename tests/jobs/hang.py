@@ -6,7 +6,7 @@ import signal
 import time
 from pathlib import Path
 
-from trainsup.supervisor.heartbeat import Heartbeat, write_heartbeat
+from trainsup.contracts import Heartbeat, write_heartbeat
 
 faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
 directory = Path(os.environ["TRAINSUP_HEARTBEAT"])

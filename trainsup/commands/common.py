@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainsup.contracts import lock_owner
 from trainsup.errors import AmbiguousJobError, JobNotFoundError
 from trainsup.jobs import inbox
 from trainsup.jobs.store import Store
@@ -40,23 +39,8 @@ def pending_submissions(state: StateDir) -> list[dict]:
 
 
 def daemon_pid(lock_path: Path) -> int | None:
-    """The pid of the daemon holding `lock_path` (the daemon writes it there), 0 if it holds it but wrote no pid, None if none does."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            content = os.read(fd, 64).decode(errors="replace").strip()
-            return int(content) if content.isdigit() else 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    """The pid of the daemon holding `lock_path`, 0 if it holds it but wrote no pid, None if none does."""
+    return lock_owner(lock_path)
 
 
 def daemon_running(state: StateDir) -> bool:

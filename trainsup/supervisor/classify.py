@@ -1,15 +1,13 @@
-"""Why did an attempt end? One pure function from observed facts to one reason."""
+"""Why did an attempt end? One pure function from an observation to one reason."""
 
 from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass
-from typing import Any
 
+from trainsup.contracts import EXIT_PREEMPTED
 from trainsup.jobs.states import EndReason
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on request, wants to be resumed
+from trainsup.supervisor.observation import Observation
 
 CUDA_OOM_PATTERNS = re.compile(
     r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED"
@@ -17,50 +15,29 @@ CUDA_OOM_PATTERNS = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class AttemptFacts:
-    """What the daemon observed about one ended attempt."""
-
-    exit_code: int | None
-    signal: int | None
-    spawn_error: str | None = None
-    never_started: bool = False  # stopped before the job was started (e.g. waiting for its lock)
-    trainer_exit: dict[str, Any] | None = None  # exit.json written by trainsup.trainer
-    log_tail: str = ""
-    stop_requested: str | None = None  # "cancel" or "shutdown" when we asked it to stop
-    hang_detected: bool = False
-    oom_kills_delta: int | None = None  # the cgroup's oom_kill counter, end minus start
-
-
-def classify(facts: AttemptFacts) -> EndReason:
-    if facts.spawn_error:
+def classify(seen: Observation) -> EndReason:
+    """The one reason for an ended attempt; the order of the checks is the contract."""
+    if seen.spawn_error:
         return EndReason.SPAWN_FAILED
-    if facts.never_started:
-        return EndReason.CANCELLED if facts.stop_requested == "cancel" else EndReason.INTERRUPTED
-    if facts.exit_code == 0:
+    if seen.host_restart:
+        return EndReason.HOST_RESTART
+    if seen.never_started:
+        return EndReason.CANCELLED if seen.stop_requested == "cancel" else EndReason.INTERRUPTED
+    if seen.lost:
+        return EndReason.LOST
+    if seen.exit_code == 0:
         return EndReason.SUCCEEDED
-    if facts.stop_requested == "cancel":
+    # A stop we asked for beats exit 75: exit 75 during shutdown is an interruption.
+    if seen.stop_requested == "cancel":
         return EndReason.CANCELLED
-    if facts.stop_requested == "shutdown":
+    if seen.stop_requested == "shutdown":
         return EndReason.INTERRUPTED
-    if facts.exit_code == EXIT_PREEMPTED:
+    if seen.exit_code == EXIT_PREEMPTED:
         return EndReason.PREEMPTED
-    if facts.hang_detected:
+    if seen.hang_verdict:
         return EndReason.HANG
-    trainer_reason = (facts.trainer_exit or {}).get("reason")
-    if trainer_reason == "oom" or CUDA_OOM_PATTERNS.search(facts.log_tail):
+    if (seen.trainer_exit and seen.trainer_exit.reason == "oom") or CUDA_OOM_PATTERNS.search(seen.log_tail):
         return EndReason.CUDA_OOM
-    if facts.signal == signal.SIGKILL and (facts.oom_kills_delta or 0) > 0:
+    if seen.signal == signal.SIGKILL and (seen.oom_kills or 0) > 0:
         return EndReason.HOST_OOM
     return EndReason.CRASH
-
-
-def describe_exit(exit_code: int | None, signum: int | None) -> str:
-    if signum is not None:
-        try:
-            return f"killed by {signal.Signals(signum).name}"
-        except ValueError:
-            return f"killed by signal {signum}"
-    if exit_code is None:
-        return "no exit status"
-    return f"exit {exit_code}"

@@ -9,7 +9,6 @@ pidfd per attempt monitor, so an exit is noticed within milliseconds.
 from __future__ import annotations
 
 import faulthandler
-import fcntl
 import os
 import select
 import signal
@@ -20,16 +19,19 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from trainsup.contracts import open_lock_file, try_lock, write_owner
 from trainsup.errors import DaemonAlreadyRunningError
-from trainsup.gpu.probe import probe_from_env
+from trainsup.gpu.probe import GpuProbe, probe_from_env
 from trainsup.jobs import inbox
 from trainsup.jobs.states import JobState
-from trainsup.jobs.store import Store
+from trainsup.jobs.store import Job, Store
 from trainsup.paths import StateDir
 from trainsup.supervisor import host
 from trainsup.supervisor.attempts import Attempts
+from trainsup.supervisor.clock import Clock, SystemClock
 from trainsup.supervisor.gpus import GpuBook
 from trainsup.supervisor.intake import Intake
+from trainsup.supervisor.launcher import Launcher, ProcessLauncher
 from trainsup.supervisor.notify import SystemdNotifier
 from trainsup.supervisor.recovery import recover
 
@@ -49,22 +51,15 @@ class DaemonLock:
 
     @classmethod
     def acquire(cls, state: StateDir) -> "DaemonLock":
-        fd = os.open(state.daemon_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock_file(state.daemon_lock)
         # `trainsup status` probes the lock for an instant: retry briefly before refusing.
         deadline = time.monotonic() + LOCK_RETRY_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise DaemonAlreadyRunningError(
-                        f"another trainsup daemon is already running for {state.root}."
-                    ) from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        while not try_lock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DaemonAlreadyRunningError(f"another trainsup daemon is already running for {state.root}.")
+            time.sleep(0.05)
+        write_owner(fd)
         return cls(fd)
 
 
@@ -80,9 +75,18 @@ class _WakeOnInbox(FileSystemEventHandler):
 
 
 class Daemon:
-    def __init__(self, state: StateDir, notifier: SystemdNotifier | None = None):
+    """The loop. Its seams (clock, launcher, GPU probe, boot id) default to the real ones."""
+
+    def __init__(
+        self, state: StateDir, notifier: SystemdNotifier | None = None, *, clock: Clock | None = None,
+        launcher: Launcher | None = None, probe: GpuProbe | None = None, boot_id: str | None = None,
+    ):
         self.state = state
         self.notifier = notifier or SystemdNotifier.from_env()
+        self.clock = clock or SystemClock()
+        self.launcher = launcher or ProcessLauncher()
+        self.probe = probe
+        self.boot_id = boot_id
         self.shutdown_requested = False
         self.waiting: set[str] = set()
         self.last_status = ""
@@ -93,15 +97,16 @@ class Daemon:
         self.state.ensure()
         self.lock = DaemonLock.acquire(self.state)
         self.store = Store.open(self.state.db)
-        self.gpus = GpuBook(probe_from_env(os.environ))
-        self.attempts = Attempts(self.store, self.state, host.boot_id(), self.gpus)
+        self.gpus = GpuBook(self.probe or probe_from_env(os.environ))
+        self.attempts = Attempts(self.store, self.state, self.boot_id or host.boot_id(), self.gpus,
+                                 self.launcher, self.clock)
         self.intake = Intake(self.store, self.state, self.attempts)
         self._install_signal_handlers()
         observer = Observer()
         observer.schedule(_WakeOnInbox(self.wake_write), str(self.state.inbox), recursive=False)
         observer.start()
         try:
-            recover(self.store, self.attempts, time.time())
+            recover(self.store, self.attempts, self.clock.time())
             inbox.remove_stale_temp_files(self.state.inbox)
             self.step()
             self.notifier.ready(self._status_line())
@@ -117,11 +122,11 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        now = time.time()
+        now = self.clock.time()
         self.intake.ingest_all(now)
         self.attempts.poll(now)
         self.attempts.watch(now)
-        self.gpus.settle_releases(time.monotonic())
+        self.gpus.settle_releases(self.clock.monotonic())
         self._release_backoffs(now)
         if not self.shutdown_requested:
             self._start_queued(now)
@@ -135,15 +140,16 @@ class Daemon:
         for job in self.store.jobs({JobState.BACKOFF}):
             if job.next_start_at is None or job.next_start_at <= now:
                 with self.store.transaction():
-                    self.store.set_state(job.id, JobState.BACKOFF, JobState.QUEUED, now, next_start_at=None)
+                    self.store.set_state(job.id, JobState.BACKOFF, JobState.QUEUED, now, "backoff_over",
+                                         "backoff over: queued to start", next_start_at=None)
 
     def _start_queued(self, now: float) -> None:
         for job in self.store.jobs({JobState.QUEUED}):
-            gpus, min_free = job.spec.get("gpus", 0), job.spec.get("min_free_memory")
+            gpus, min_free = job.spec.gpus, job.spec.min_free_memory
             if gpus and (impossible := self.gpus.impossible(gpus, min_free)):
                 with self.store.transaction():
-                    self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, result=impossible)
-                    self.store.add_event(job.id, "unplaceable", impossible, now)
+                    self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, "unplaceable", impossible,
+                                         result=impossible)
                 continue
             granted = self.gpus.grant(job.id, gpus, min_free)
             if granted is None:
@@ -166,11 +172,11 @@ class Daemon:
             timeout = min(timeout, interval)
         for job in self.store.jobs({JobState.BACKOFF}):
             if job.next_start_at is not None:
-                timeout = min(timeout, max(0.0, job.next_start_at - time.time()))
+                timeout = min(timeout, max(0.0, job.next_start_at - self.clock.time()))
         return timeout
 
     def _wait(self, timeout: float) -> None:
-        fds = [self.wake_read] + [a.pidfd for a in self.attempts.live.values() if a.pidfd is not None]
+        fds = [self.wake_read] + [a.monitor.pidfd for a in self.attempts.live.values() if a.monitor.pidfd is not None]
         select.select(fds, [], [], timeout)
         try:
             while os.read(self.wake_read, 4096):
@@ -192,25 +198,31 @@ class Daemon:
         """Ask every job to checkpoint and stop; wait for them within their grace periods."""
         live_jobs = [self.store.job(job_id) for job_id in self.attempts.live]
         self.notifier.stopping()
-        grace = max((float(j.spec["grace_period"]) for j in live_jobs), default=0.0)
+        grace = max((j.spec.grace_period for j in live_jobs), default=0.0)
         self.notifier.extend_timeout(grace + SHUTDOWN_MARGIN_S)
         log.info("shutting down", running=len(live_jobs), grace_period=grace)
-        now = time.time()
+        now = self.clock.time()
         for job in live_jobs:
-            with self.store.transaction():
-                if job.state is not JobState.STOPPING:
-                    self.store.set_state(job.id, job.state, JobState.STOPPING, now)
-                if job.stop_requested is None:
-                    self.store.update_job(job.id, stop_requested="shutdown")
-                self.store.add_event(job.id, "daemon_stopping", "the daemon is stopping: asking the job to checkpoint and exit", now)
+            self._stop_for_shutdown(job, now)
             self.attempts.request_stop(job.id)
-        deadline = time.monotonic() + grace + SHUTDOWN_MARGIN_S
-        while self.attempts.live and time.monotonic() < deadline:
-            self._wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            self.attempts.poll(time.time())
+        deadline = self.clock.monotonic() + grace + SHUTDOWN_MARGIN_S
+        while self.attempts.live and self.clock.monotonic() < deadline:
+            self._wait(min(1.0, max(0.0, deadline - self.clock.monotonic())))
+            self.attempts.poll(self.clock.time())
         if self.attempts.live:
             log.warning("jobs still running at exit; the next daemon re-adopts them", jobs=list(self.attempts.live))
         log.info("daemon stopped")
+
+    def _stop_for_shutdown(self, job: Job, now: float) -> None:
+        message = "the daemon is stopping: asking the job to checkpoint and exit"
+        reason = {} if job.stop_requested else {"stop_requested": "shutdown"}
+        with self.store.transaction():
+            if job.state is JobState.STOPPING:
+                if reason:
+                    self.store.update_job(job.id, **reason)
+                self.store.add_event(job.id, "daemon_stopping", message, now)
+            else:
+                self.store.set_state(job.id, job.state, JobState.STOPPING, now, "daemon_stopping", message, **reason)
 
     def _status_line(self) -> str:
         counts = self.store.count_by_state()

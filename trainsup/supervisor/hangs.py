@@ -6,53 +6,30 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from trainsup.contracts import HANG_FILE, HEARTBEAT_DIR, read_heartbeats
 from trainsup.durable import write_json_atomic
-from trainsup.supervisor.heartbeat import (
-    HangPolicy,
-    HangTracker,
-    HangVerdict,
-    is_hung,
-    new_attempt,
-    observe,
-    read_heartbeats,
-)
+from trainsup.jobs.spec import HeartbeatPolicy
+from trainsup.supervisor.hang_policy import HangPolicy, HangTracker, HangVerdict, is_hung, observe
 
 log = structlog.get_logger("trainsup.hangs")
 
 STACK_DUMP_WAIT_S = 1.0
 
 
-def hang_policy(spec: dict[str, Any]) -> HangPolicy:
-    beat = spec.get("heartbeat") or {}
-    return HangPolicy(
-        fixed_timeout=beat.get("timeout"),
-        first_timeout=beat.get("first_timeout", 3600.0),
-        checkpoint_timeout=beat.get("checkpoint_timeout", 1800.0),
-        safety_factor=beat.get("safety_factor", 5.0),
-        min_timeout=beat.get("min_timeout", 60.0),
-    )
-
-
-def start_tracking(tracker: HangTracker | None, attempt_started_at: float) -> HangTracker:
-    return new_attempt(tracker or HangTracker(), attempt_started_at)
-
-
 def check(
-    tracker: HangTracker, spec: dict[str, Any], run_dir: Path, log_path: Path,
+    tracker: HangTracker, policy: HeartbeatPolicy, run_dir: Path, log_path: Path,
     attempt_started_at: float, now: float,
 ) -> tuple[HangTracker, HangVerdict | None]:
     """Fold in new heartbeats; return the tracker and a verdict if the attempt is hung."""
-    beats = read_heartbeats(run_dir / "heartbeat")
+    beats = read_heartbeats(run_dir / HEARTBEAT_DIR)
     for beat in sorted(beats, key=lambda b: b.time):
         tracker = observe(tracker, beat.time, beat.phase)
-    verdict = is_hung(tracker, hang_policy(spec), attempt_started_at, now)
-    silence_limit = (spec.get("heartbeat") or {}).get("log_silence")
-    if verdict is None and silence_limit and not tracker.ever_beat:
-        verdict = _log_silence(log_path, silence_limit, attempt_started_at, now)
+    verdict = is_hung(tracker, HangPolicy.of(policy), attempt_started_at, now)
+    if verdict is None and policy.log_silence and not tracker.ever_beat:
+        verdict = _log_silence(log_path, policy.log_silence, attempt_started_at, now)
     return tracker, verdict
 
 
@@ -67,13 +44,13 @@ def _log_silence(log_path: Path, limit: float, attempt_started_at: float, now: f
 
 def heartbeat_pids(run_dir: Path) -> set[int]:
     """The processes that send heartbeats: they have the stack-dump handler installed."""
-    return {beat.pid for beat in read_heartbeats(run_dir / "heartbeat") if beat.pid > 0}
+    return {beat.pid for beat in read_heartbeats(run_dir / HEARTBEAT_DIR) if beat.pid > 0}
 
 
 def kill_hung(run_dir: Path, job_pgid: int | None, verdict: HangVerdict) -> None:
-    """Dump every thread's stack into the job log, record the verdict, kill the job."""
-    write_json_atomic(run_dir / "hang.json", {"verdict": verdict.describe(), "timeout": verdict.timeout,
-                                              "silence": verdict.silence, "at": time.time()})
+    """Dump every thread's stack into the job log, leave the verdict for people, kill the job."""
+    write_json_atomic(run_dir / HANG_FILE, {"verdict": verdict.describe(), "timeout": verdict.timeout,
+                                            "silence": verdict.silence, "at": time.time()})
     dumped = False
     for pid in heartbeat_pids(run_dir):
         try:

@@ -53,13 +53,14 @@ class Intake:
             self.attempts.request_stop(job_id)
 
     def _submit(self, submission: Submission, now: float) -> None:
-        spec = submission.spec.model_dump(mode="json", by_alias=True)
+        spec = submission.spec
         job = Job(
-            id=submission.job_id, name=submission.spec.name, state=JobState.QUEUED,
-            state_since=now, submitted_at=submission.submitted_at, spec=spec,
+            id=submission.job_id, name=spec.name, state=JobState.QUEUED,
+            state_since=now, submitted_at=submission.submitted_at,
+            spec_json=spec.model_dump_json(by_alias=True),
             spec_text=submission.spec_text, spec_path=submission.spec_path,
-            environment=submission.environment, checkpoint_dir=spec["checkpoint_dir"],
-            next_start_at=None, stop_requested=None, batch=None, result=None,
+            environment=submission.environment, checkpoint_dir=str(spec.checkpoint_dir),
+            next_start_at=None, stop_requested=None, batch=None, result=None, budget_reset_at=None,
         )
         if not self.store.insert_job(job):
             return
@@ -96,34 +97,34 @@ class Intake:
             self.store.add_event(job.id, "cancel_ignored", f"cancel ignored: the job already {job.state}", now)
             return []
         if job.state.has_live_attempt:
-            if job.state is not JobState.STOPPING:
-                self.store.set_state(job.id, job.state, JobState.STOPPING, now)
-            self.store.update_job(job.id, stop_requested="cancel")
-            self.store.add_event(job.id, "cancel_requested", "cancel requested: stopping the running attempt", now)
+            message = "cancel requested: stopping the running attempt"
+            if job.state is JobState.STOPPING:
+                self.store.update_job(job.id, stop_requested="cancel")
+                self.store.add_event(job.id, "cancel_requested", message, now)
+            else:
+                self.store.set_state(job.id, job.state, JobState.STOPPING, now, "cancel_requested", message,
+                                     stop_requested="cancel")
             return [job.id]
-        self.store.set_state(job.id, job.state, JobState.CANCELLED, now, result="cancelled on request")
-        self.store.add_event(job.id, "cancelled", "cancelled before it started again", now)
+        self.store.set_state(job.id, job.state, JobState.CANCELLED, now, "cancelled",
+                             "cancelled before it started again", result="cancelled on request")
         return []
 
     def _restart(self, job: Job, now: float) -> list[str]:
         if not job.state.is_terminal:
             self.store.add_event(job.id, "restart_ignored", f"restart ignored: the job is {job.state}", now)
             return []
-        self.store.set_state(job.id, job.state, JobState.QUEUED, now, result=None)
-        self.store.remember(f"budget_reset:{job.id}", now)
-        self.store.add_event(job.id, "restarted", "queued again on request, with a fresh restart budget", now)
+        self.store.set_state(job.id, job.state, JobState.QUEUED, now, "restarted",
+                             "queued again on request, with a fresh restart budget", result=None, budget_reset_at=now)
         return []
 
     def _hold(self, job: Job, now: float) -> list[str]:
         if job.state in (JobState.QUEUED, JobState.BACKOFF):
-            self.store.set_state(job.id, job.state, JobState.HELD, now)
-            self.store.add_event(job.id, "held", "held on request", now)
+            self.store.set_state(job.id, job.state, JobState.HELD, now, "held", "held on request")
         else:
             self.store.add_event(job.id, "hold_ignored", f"hold ignored: the job is {job.state}", now)
         return []
 
     def _release(self, job: Job, now: float) -> list[str]:
         if job.state is JobState.HELD:
-            self.store.set_state(job.id, JobState.HELD, JobState.QUEUED, now)
-            self.store.add_event(job.id, "released", "released on request", now)
+            self.store.set_state(job.id, JobState.HELD, JobState.QUEUED, now, "released", "released on request")
         return []

@@ -1,4 +1,9 @@
-"""Starting one attempt: its environment, its run dir, its monitor process."""
+"""Starting an attempt's monitor, and the process seam the daemon acts through.
+
+`Launcher` is everything the daemon does to or asks about monitor processes; the
+daemon and `Attempts` take one, so tests drive them with a fake, without processes.
+`ProcessLauncher` is the real one.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,32 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from trainsup.contracts import (
+    ENV_ATTEMPT,
+    ENV_CHECKPOINT_DIR,
+    ENV_HEARTBEAT,
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    ENV_RUN_DIR,
+    HEARTBEAT_DIR,
+    LAUNCH_FILE,
+    LOCK_FILE,
+    MONITOR_LOG,
+    STARTED_FILE,
+    clean_child_env,
+    read_json,
+)
 from trainsup.durable import write_json_atomic
 from trainsup.jobs.store import Job
-from trainsup.contracts import clean_child_env
+from trainsup.supervisor import host
 
-LOCK_NAME = ".lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+ORPHAN_KILL_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -31,65 +53,144 @@ class LaunchPlan:
 
     @property
     def heartbeat_dir(self) -> Path:
-        return self.run_dir / "heartbeat"
+        return self.run_dir / HEARTBEAT_DIR
+
+
+@dataclass
+class MonitorHandle:
+    """A monitor process the daemon watches: one it started, or one it re-adopted."""
+
+    pid: int
+    started: float | None  # its create time: with the pid, its identity
+    pidfd: int | None = None  # readable when it exits
+    process: subprocess.Popen | None = None  # set when this daemon started it
+
+    def reap(self) -> None:
+        if self.process is not None:
+            self.process.poll()
+
+    def close(self) -> None:
+        self.reap()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class Launcher(Protocol):
+    def start(self, plan: LaunchPlan) -> MonitorHandle:
+        """Write the launch file and start the monitor. Raises OSError if it cannot."""
+
+    def attach(self, pid: int, started: float | None) -> MonitorHandle:
+        """A handle on a running monitor this daemon did not start."""
+
+    def is_alive(self, pid: int | None, started: float | None) -> bool:
+        """Whether the monitor `pid`, started at `started`, still runs."""
+
+    def find(self, run_dir: str) -> tuple[int, float] | None:
+        """A live monitor serving `run_dir` (pid, create time), found without its pid."""
+
+    def stop(self, monitor: MonitorHandle) -> None:
+        """Ask the monitor to stop its job (stop signal, SIGKILL after the grace period)."""
+
+    def kill_orphaned_job(self, run_dir: Path) -> None:
+        """The monitor is gone; kill a job it started that may still run."""
 
 
 def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
     """The submitting shell's environment, the spec's env on top, then ours."""
     env = dict(plan.job.environment)
-    env.update(plan.job.spec.get("env") or {})
+    env.update(plan.job.spec.env)
     env = clean_child_env(env)
-    env.update(
-        TRAINSUP_JOB_ID=plan.job.id,
-        TRAINSUP_JOB_NAME=plan.job.name,
-        TRAINSUP_ATTEMPT=str(plan.number),
-        TRAINSUP_RUN_DIR=str(plan.run_dir),
-        TRAINSUP_CHECKPOINT_DIR=plan.job.checkpoint_dir,
-        TRAINSUP_HEARTBEAT=str(plan.heartbeat_dir),
-        PYTHONUNBUFFERED="1",
-        CUDA_VISIBLE_DEVICES="",
-        CUDA_DEVICE_ORDER="PCI_BUS_ID",
-    )
+    env.update({
+        ENV_JOB_ID: plan.job.id,
+        ENV_JOB_NAME: plan.job.name,
+        ENV_ATTEMPT: str(plan.number),
+        ENV_RUN_DIR: str(plan.run_dir),
+        ENV_CHECKPOINT_DIR: plan.job.checkpoint_dir,
+        ENV_HEARTBEAT: str(plan.heartbeat_dir),
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    })
     env.update(plan.batch_env)
     env.update(plan.gpu_env)
     return env
 
 
-def start_monitor(plan: LaunchPlan) -> subprocess.Popen:
-    """Write the launch file and start the attempt's monitor in a new session."""
+def write_launch_file(plan: LaunchPlan) -> None:
+    """Create the run dir and the `launch.json` the monitor reads."""
     plan.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     plan.heartbeat_dir.mkdir(mode=0o700, exist_ok=True)
     Path(plan.job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     spec = plan.job.spec
     write_json_atomic(
-        plan.run_dir / "launch.json",
+        plan.run_dir / LAUNCH_FILE,
         {
-            "command": spec["command"],
-            "cwd": spec["workdir"],
+            "command": spec.command,
+            "cwd": str(spec.workdir) if spec.workdir else None,
             "env": attempt_environment(plan),
             "log_path": str(plan.log_path),
-            "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_NAME),
-            "grace_period": spec["grace_period"],
+            "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_FILE),
+            "grace_period": spec.grace_period,
             "cgroup": plan.cgroup,
         },
     )
-    monitor_log = open(plan.run_dir / "monitor.log", "ab")
-    # Blocked here, inherited blocked: a stop request that arrives before the monitor
-    # has its handlers waits for them instead of killing it mid-start.
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "trainsup.supervisor.monitor", str(plan.run_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=monitor_log,
-            stderr=monitor_log,
-            start_new_session=True,
-            env=_monitor_environment(),
-        )
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        monitor_log.close()
 
 
-def _monitor_environment() -> dict[str, str]:
-    return clean_child_env(os.environ)
+class ProcessLauncher:
+    """Real monitor processes (`python -m trainsup.supervisor.monitor RUN_DIR`)."""
+
+    def start(self, plan: LaunchPlan) -> MonitorHandle:
+        write_launch_file(plan)
+        monitor_log = open(plan.run_dir / MONITOR_LOG, "ab")
+        # Blocked here, inherited blocked: a stop request that arrives before the monitor
+        # has its handlers waits for them instead of killing it mid-start.
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trainsup.supervisor.monitor", str(plan.run_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=monitor_log,
+                stderr=monitor_log,
+                start_new_session=True,
+                env=clean_child_env(os.environ),
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            monitor_log.close()
+        return MonitorHandle(process.pid, host.create_time(process.pid), host.open_pidfd(process.pid), process)
+
+    def attach(self, pid: int, started: float | None) -> MonitorHandle:
+        return MonitorHandle(pid, started, host.open_pidfd(pid))
+
+    def is_alive(self, pid: int | None, started: float | None) -> bool:
+        return host.is_same_process(pid, started)
+
+    def find(self, run_dir: str) -> tuple[int, float] | None:
+        process = host.find_monitor(run_dir)
+        return (process.pid, process.create_time()) if process is not None else None
+
+    def stop(self, monitor: MonitorHandle) -> None:
+        if not host.is_same_process(monitor.pid, monitor.started):
+            return
+        try:
+            os.kill(monitor.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def kill_orphaned_job(self, run_dir: Path) -> None:
+        """Never let two attempts overlap: a job whose monitor died may still run."""
+        started = read_json(run_dir / STARTED_FILE)
+        if not started:
+            return
+        pid = started["job_pid"]
+        created = host.create_time(pid)
+        if created is None or abs(created - started["started_at"]) > 2.0:
+            return
+        try:
+            os.killpg(started["pgid"], signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + ORPHAN_KILL_WAIT_S
+        while host.create_time(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)

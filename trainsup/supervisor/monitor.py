@@ -16,7 +16,6 @@ every descendant after the grace period.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import select
 import signal
@@ -25,7 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from trainsup.contracts import read_json
+from trainsup.contracts import (
+    ENDED_FILE,
+    LAUNCH_FILE,
+    STARTED_FILE,
+    EndedRecord,
+    open_lock_file,
+    read_json,
+    try_lock,
+)
 from trainsup.durable import write_json_atomic
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -37,7 +44,7 @@ LEFTOVER_GRACE_S = 3.0
 class AttemptMonitor:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.launch = read_json(run_dir / "launch.json")
+        self.launch = read_json(run_dir / LAUNCH_FILE)
         self.stop_requested_at: float | None = None
         self.killed_after_grace = False
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -80,16 +87,13 @@ class AttemptMonitor:
         """Hold the checkpoint-dir lock so that two attempts of one job never overlap."""
         lock_path = Path(self.launch["lock_path"])
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if self.stop_requested_at is not None:
-                    os.close(fd)
-                    return None
-                time.sleep(LOCK_POLL_S)
+        fd = open_lock_file(lock_path)
+        while not try_lock(fd):
+            if self.stop_requested_at is not None:
+                os.close(fd)
+                return None
+            time.sleep(LOCK_POLL_S)
+        return fd
 
     def _spawn(self, lock_fd: int) -> subprocess.Popen:
         log = os.open(self.launch["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -110,7 +114,7 @@ class AttemptMonitor:
         finally:
             os.close(log)
         write_json_atomic(
-            self.run_dir / "started.json",
+            self.run_dir / STARTED_FILE,
             {"job_pid": job.pid, "pgid": job.pid, "monitor_pid": os.getpid(), "started_at": time.time()},
         )
         return job
@@ -172,18 +176,12 @@ class AttemptMonitor:
     def _record_end(
         self, exit_code: int | None, signum: int | None, spawn_error: str | None = None, never_started: bool = False
     ) -> None:
-        write_json_atomic(
-            self.run_dir / "ended.json",
-            {
-                "never_started": never_started,
-                "exit_code": exit_code,
-                "signal": signum,
-                "ended_at": time.time(),
-                "stop_requested": self.stop_requested_at is not None,
-                "killed_after_grace": self.killed_after_grace,
-                "spawn_error": spawn_error,
-            },
+        record = EndedRecord(
+            exit_code=exit_code, signal=signum, ended_at=time.time(), never_started=never_started,
+            spawn_error=spawn_error, stop_requested=self.stop_requested_at is not None,
+            killed_after_grace=self.killed_after_grace,
         )
+        write_json_atomic(self.run_dir / ENDED_FILE, record.to_json())
 
 
 def _become_subreaper() -> None:

@@ -1,13 +1,20 @@
-"""What to do after an attempt ends: a pure function of the job's attempt history."""
+"""What to do after an attempt ends: a pure function of the job's attempt history.
+
+`decide()` is the only producer of what comes next, including the smaller
+micro-batch after a CUDA OOM (the decision carries it). `records_of()` turns stored
+attempts into the records it reads. No I/O, no clock.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from trainsup.jobs.spec import RestartPolicy
+from trainsup.batch import Batch
+from trainsup.jobs.spec import BatchSize, RestartPolicy
 from trainsup.jobs.states import EndReason
+from trainsup.jobs.store import Attempt
 
 FAILURES = frozenset({EndReason.CRASH, EndReason.CUDA_OOM, EndReason.HOST_OOM, EndReason.HANG, EndReason.LOST})
 RESUME_LATER = frozenset({EndReason.INTERRUPTED, EndReason.HOST_RESTART})
@@ -42,6 +49,24 @@ class Decision:
     action: Action
     message: str
     delay: float = 0.0
+    batch: Batch | None = None  # the batch for the next attempt, when it changes
+
+
+def records_of(attempts: Sequence[Attempt], since: float | None = None) -> list[AttemptRecord]:
+    """The records `decide` reads: ended attempts started at or after `since`, oldest first.
+
+    An attempt "changed config" when the next one ran with another batch.
+    """
+    ended = [a for a in attempts if a.reason is not None and a.started_at >= (since or 0.0)]
+    return [
+        AttemptRecord(
+            reason=a.reason,
+            uptime=(a.ended_at or a.started_at) - a.started_at,
+            new_checkpoint=a.checkpoint_after is not None and a.checkpoint_after != a.checkpoint_before,
+            changed_config=i + 1 < len(ended) and ended[i + 1].batch != a.batch,
+        )
+        for i, a in enumerate(ended)
+    ]
 
 
 def decide(
@@ -52,19 +77,26 @@ def decide(
     job_checkpoints: bool = False,
     jitter: float = 0.5,
     hold_after_host_restart: bool = False,
+    batch: Batch | None = None,
+    batch_size: BatchSize | None = None,
 ) -> Decision:
     """Decide after the last attempt in `history` ended.
 
     Args:
-        history: every ended attempt of the job, oldest first.
+        history: every ended attempt of the job (since its budget was last reset), oldest first.
         policy: the job's restart policy.
         cancel_requested: the user asked to cancel the job.
         job_checkpoints: the job has ever written a checkpoint (so progress is
             measured by checkpoints, not uptime).
         jitter: a number in [0, 1) the caller draws; 0.5 means no jitter.
         hold_after_host_restart: the job's `on_boot` policy is `hold`.
+        batch: the batch the last attempt ran with.
+        batch_size: the spec's batch section: after a CUDA OOM a smaller micro-batch
+            is tried, the global batch unchanged.
     """
     last = history[-1]
+    if last.reason is EndReason.CUDA_OOM and batch is not None and batch_size is not None and not cancel_requested:
+        return _after_cuda_oom(history, policy, job_checkpoints, jitter, batch, batch_size)
     if last.reason is EndReason.SUCCEEDED:
         return Decision(Action.SUCCEED, "the job exited 0")
     if cancel_requested or last.reason is EndReason.CANCELLED:
@@ -78,6 +110,19 @@ def decide(
             return Decision(Action.HOLD, "the machine restarted; held as on_boot says")
         return Decision(Action.REQUEUE, f"{last.reason}: resuming from the last checkpoint")
     return _after_failure(history, policy, job_checkpoints, jitter)
+
+
+def _after_cuda_oom(
+    history: Sequence[AttemptRecord], policy: RestartPolicy, job_checkpoints: bool, jitter: float,
+    batch: Batch, batch_size: BatchSize,
+) -> Decision:
+    smaller = batch.after_oom(batch_size.factor, min_micro=batch_size.min_micro)
+    if smaller is None:
+        return Decision(Action.FAIL, f"cuda_oom at micro-batch {batch.micro}, and no smaller micro-batch "
+                                     f"≥ min_micro {batch_size.min_micro} divides the global batch {batch.global_batch}")
+    answered = [*history[:-1], replace(history[-1], changed_config=True)]
+    decision = _after_failure(answered, policy, job_checkpoints, jitter)
+    return replace(decision, batch=smaller) if decision.action is Action.RESTART else decision
 
 
 def restart_budget(policy: RestartPolicy, reason: EndReason) -> tuple[int, frozenset[EndReason]]:

@@ -1,129 +1,25 @@
-"""Heartbeat files and the pure policy that calls an attempt hung.
+"""The pure policy that calls an attempt hung, from its heartbeats (see `contracts.Heartbeat`).
 
-Contract: TRAINSUP_HEARTBEAT names a directory; each process of a job replaces
-`<dir>/rank-<N>.json` (temp file + `os.replace`, at most 4 times a second) with::
-
-    {"time": 1718000000.5, "step": 1200, "epoch": 3, "phase": "train",
-     "loss": 1.93, "samples_per_s": 812.4, "max_memory_bytes": 9663676416, "pid": 4242}
-
-`time` is the wall clock (the writer is another process), so `now` and
+Heartbeat times are the wall clock (the writer is another process), so `now` and
 `attempt_started_at` given to `is_hung` are wall-clock times too.
 
 The hang policy follows NVIDIA's fault-tolerance launcher (nvidia-resiliency-ext,
 `FaultToleranceConfig` and `TimeoutsCalc`): a long timeout for the first heartbeat
-(`initial_rank_heartbeat_timeout`, default 3600 s), then either a fixed timeout
-(`rank_heartbeat_timeout`, default 2700 s) or one calculated as `safety_factor`
-(default 5.0) × the longest interval seen between heartbeats. Like NVRx's checkpointing
-section, the checkpoint phase has its own timeout, as heartbeats stop while saving.
+(`initial_rank_heartbeat_timeout`), then either a fixed timeout
+(`rank_heartbeat_timeout`) or one calculated as `safety_factor` × the longest interval
+seen between heartbeats. Like NVRx's checkpointing section, the checkpoint phase has
+its own timeout, as heartbeats stop while saving. The defaults live in the job spec
+(`HeartbeatPolicy`), nowhere else.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
-PHASES = ("start", "train", "eval", "checkpoint")
+from trainsup.jobs.spec import HeartbeatPolicy
+
 # Phases whose silences the calculated timeout judges, and so the phases it learns from.
 STEADY_PHASES = frozenset({"train", "eval"})
-_FILE = re.compile(r"rank-(\d+)\.json")
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    rank: int
-    time: float
-    step: int
-    epoch: int
-    phase: str
-    pid: int
-    loss: float | None = None
-    samples_per_s: float | None = None
-    max_memory_bytes: int | None = None
-    total_steps: int | None = None  # the run's length, for the ETA in `trainsup status`
-
-    def to_json(self) -> dict[str, Any]:
-        payload = asdict(self)
-        del payload["rank"]
-        return payload
-
-
-def write_heartbeat(directory: Path, beat: Heartbeat) -> None:
-    """Replace `<directory>/rank-<N>.json` with `beat` (no fsync: a heartbeat is not durable)."""
-    path = directory / f"rank-{beat.rank}.json"
-    tmp = directory / f".rank-{beat.rank}.json.tmp-{os.getpid()}"
-    data = json.dumps(beat.to_json())
-    try:
-        tmp.write_text(data)
-    except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(data)
-    os.replace(tmp, path)
-
-
-def read_heartbeats(directory: Path) -> list[Heartbeat]:
-    """Every readable heartbeat in `directory`, by rank; missing or garbled files are skipped."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    beats = []
-    for name in names:
-        match = _FILE.fullmatch(name)
-        if match is None:
-            continue
-        try:
-            payload = json.loads((directory / name).read_text())
-        except (OSError, ValueError):
-            continue
-        beat = _parse(int(match.group(1)), payload)
-        if beat is not None:
-            beats.append(beat)
-    return sorted(beats, key=lambda b: b.rank)
-
-
-def latest(beats: Iterable[Heartbeat]) -> Heartbeat | None:
-    return max(beats, key=lambda b: b.time, default=None)
-
-
-def _parse(rank: int, payload: Any) -> Heartbeat | None:
-    if not isinstance(payload, Mapping):
-        return None
-    time, step, epoch, pid = (payload.get(k) for k in ("time", "step", "epoch", "pid"))
-    phase = payload.get("phase")
-    if not _is_number(time) or not math.isfinite(time) or phase not in PHASES:
-        return None
-    if not (_is_int(step) and _is_int(pid) and (epoch is None or _is_int(epoch))):
-        return None
-    return Heartbeat(
-        rank=rank,
-        time=float(time),
-        step=step,
-        epoch=epoch or 0,
-        phase=phase,
-        pid=pid,
-        loss=_optional_float(payload.get("loss")),
-        samples_per_s=_optional_float(payload.get("samples_per_s")),
-        max_memory_bytes=payload.get("max_memory_bytes") if _is_int(payload.get("max_memory_bytes")) else None,
-        total_steps=payload.get("total_steps") if _is_int(payload.get("total_steps")) else None,
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _optional_float(value: Any) -> float | None:
-    return float(value) if _is_number(value) else None
 
 
 @dataclass(frozen=True)
@@ -134,13 +30,20 @@ class HangPolicy:
     not judged unless `expect_heartbeats` says it will write them.
     """
 
-    fixed_timeout: float | None = None
-    first_timeout: float = 3600.0
-    checkpoint_timeout: float = 1800.0
-    safety_factor: float = 5.0
-    min_timeout: float = 60.0
+    fixed_timeout: float | None
+    first_timeout: float
+    checkpoint_timeout: float
+    safety_factor: float
+    min_timeout: float
     calibration_gaps: int = 3
     expect_heartbeats: bool = False
+
+    @classmethod
+    def of(cls, spec: HeartbeatPolicy) -> "HangPolicy":
+        """The policy a job's `heartbeat:` section asks for."""
+        return cls(fixed_timeout=spec.timeout, first_timeout=spec.first_timeout,
+                   checkpoint_timeout=spec.checkpoint_timeout, safety_factor=spec.safety_factor,
+                   min_timeout=spec.min_timeout)
 
     def __post_init__(self) -> None:
         timeouts = [self.first_timeout, self.checkpoint_timeout, self.min_timeout, self.safety_factor]
@@ -165,15 +68,6 @@ class HangTracker:
     gaps: int = 0
     longest_gap: float = 0.0
     ever_beat: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HangTracker:
-        """The tracker saved by `to_dict`; unknown keys are ignored, missing ones default."""
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
 
 @dataclass(frozen=True)
