@@ -6,7 +6,8 @@
     ├── AmbiguousJobError         a name prefix matches several jobs
     ├── DaemonAlreadyRunningError another daemon holds the state dir
     ├── IllegalTransitionError    a job state change the state machine forbids
-    └── ServiceError              the systemd service cannot be installed
+    ├── ServiceError              the systemd service cannot be installed
+    └── DatabaseVersionError      the database was written by another version of trainsup
 """
 
 
@@ -38,3 +39,9 @@ class IllegalTransitionError(TrainsupError):
 
 class ServiceError(TrainsupError):
     pass
+
+
+class DatabaseVersionError(TrainsupError):
+    """The database's schema is newer than this trainsup reads, or older and not upgraded yet."""
+
+    exit_code = 5

@@ -22,6 +22,11 @@ class JobRef:
 
 
 def open_store(state: StateDir) -> Store | None:
+    """The store, read-only; None before the daemon first ran.
+
+    Raises:
+        DatabaseVersionError: another version of trainsup wrote it (the CLI prints the sentence).
+    """
     return Store.open_readonly(state.db)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ def job_timeline(state: StateDir, key: str) -> dict[str, Any]:
     store.close()
     return {
         "id": job.id, "name": job.name, "state": job.state, "result": job.result,
-        "spec": job.spec, "spec_text": job.spec_text, "spec_path": job.spec_path,
+        "spec": json.loads(job.spec_json), "spec_text": job.spec_text, "spec_path": job.spec_path,
         "checkpoint_dir": job.checkpoint_dir, "events": events,
     }
 

@@ -108,7 +108,7 @@ def job_detail(state: StateDir, key: str) -> dict[str, Any]:
                 "number": a.number, "started_at": a.started_at, "ended_at": a.ended_at,
                 "pid": a.job_pid, "exit_code": a.exit_code, "signal": a.signal,
                 "reason": a.reason, "detail": a.detail, "checkpoint_before": a.checkpoint_before,
-                "checkpoint_after": a.checkpoint_after, "batch": a.batch,
+                "checkpoint_after": a.checkpoint_after, "batch": a.batch.as_dict() if a.batch else None,
                 "peak_gpu_memory": a.peak_gpu_memory, "log": a.log_path,
             })
         store.close()
@@ -137,7 +137,7 @@ def render_detail(detail: dict[str, Any]) -> None:
         print(f"  result: {detail['result']}")
     if detail.get("batch"):
         batch = detail["batch"]
-        print(f"  batch: micro {batch['micro']} × accumulation {batch['accum']} = global {batch['global']}")
+        print(f"  batch: micro {batch['micro']} × accumulation {batch['grad_accum']} = global {batch['global']}")
     if detail.get("progress"):
         print(f"  progress: {_progress_text(detail['progress'])}")
     if detail.get("last_checkpoint"):
@@ -175,7 +175,7 @@ def _checkpoint_text(checkpoint: dict | None) -> str:
 
 
 def _batch_text(batch: dict | None) -> str:
-    return f"{batch['micro']}×{batch['accum']}" if batch else "-"
+    return f"{batch['micro']}×{batch['grad_accum']}" if batch else "-"
 
 
 def _bytes_text(size: int | None) -> str:

@@ -1,8 +1,9 @@
 """The SQLite store of jobs, attempts and events.
 
-The daemon is the only writer. The CLI opens the database read-only; WAL mode
-means its reads never block the daemon. Stdlib only, so `trainsup status`
-stays fast.
+The daemon is the only writer; it creates or upgrades the schema when it opens the
+store (see `trainsup.jobs.schema`). The CLI opens the database read-only; WAL mode
+means its reads never block the daemon. Stdlib only (the job's typed spec is parsed
+on first use), so `trainsup status` stays fast.
 """
 
 from __future__ import annotations
@@ -13,72 +14,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from trainsup.batch import Batch
+from trainsup.errors import DatabaseVersionError, IllegalTransitionError
+from trainsup.jobs import schema
 from trainsup.jobs.states import EndReason, JobState, check_transition
-from trainsup.errors import IllegalTransitionError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id              TEXT PRIMARY KEY,
-    name            TEXT NOT NULL,
-    state           TEXT NOT NULL,
-    state_since     REAL NOT NULL,
-    submitted_at    REAL NOT NULL,
-    spec_json       TEXT NOT NULL,
-    spec_text       TEXT NOT NULL,
-    spec_path       TEXT NOT NULL,
-    environment_json TEXT NOT NULL,
-    checkpoint_dir  TEXT NOT NULL,
-    next_start_at   REAL,
-    stop_requested  TEXT,
-    batch_json      TEXT,
-    result          TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs(name);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id          TEXT NOT NULL REFERENCES jobs(id),
-    number          INTEGER NOT NULL,
-    run_dir         TEXT NOT NULL,
-    log_path        TEXT NOT NULL,
-    boot_id         TEXT NOT NULL,
-    started_at      REAL NOT NULL,
-    monitor_pid     INTEGER,
-    monitor_started REAL,
-    job_pid         INTEGER,
-    ended_at        REAL,
-    exit_code       INTEGER,
-    signal          INTEGER,
-    reason          TEXT,
-    detail          TEXT,
-    checkpoint_before TEXT,
-    checkpoint_after  TEXT,
-    batch_json      TEXT,
-    peak_gpu_memory INTEGER,
-    gpu_uuids       TEXT,
-    PRIMARY KEY (job_id, number)
-);
-CREATE INDEX IF NOT EXISTS live_attempts ON attempts(ended_at) WHERE ended_at IS NULL;
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id  TEXT NOT NULL,
-    at      REAL NOT NULL,
-    kind    TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id, id);
-CREATE TABLE IF NOT EXISTS ingested (
-    request TEXT PRIMARY KEY,
-    at      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS memory (
-    name    TEXT PRIMARY KEY,
-    value_json TEXT NOT NULL
-);
-"""
-
+if TYPE_CHECKING:
+    from trainsup.jobs.spec import JobSpec
 
 @dataclass(frozen=True)
 class Job:
@@ -87,15 +33,23 @@ class Job:
     state: JobState
     state_since: float
     submitted_at: float
-    spec: dict[str, Any]
+    spec_json: str
     spec_text: str
     spec_path: str
     environment: dict[str, str]
     checkpoint_dir: str
     next_start_at: float | None
     stop_requested: str | None
-    batch: dict[str, int] | None
+    batch: Batch | None
     result: str | None
+    budget_reset_at: float | None = None  # when `trainsup restart` last gave it a fresh restart budget
+
+    @cached_property
+    def spec(self) -> JobSpec:
+        """The typed spec, parsed on first use (pydantic is imported only then)."""
+        from trainsup.jobs.spec import JobSpec
+
+        return JobSpec.model_validate_json(self.spec_json)
 
 
 @dataclass(frozen=True)
@@ -116,9 +70,10 @@ class Attempt:
     detail: str | None
     checkpoint_before: str | None
     checkpoint_after: str | None
-    batch: dict[str, int] | None
+    batch: Batch | None
     peak_gpu_memory: int | None
     gpu_uuids: list[str] | None = None
+    hang_verdict: str | None = None  # why the daemon killed it as hung, in one sentence
 
     @property
     def is_live(self) -> bool:
@@ -133,24 +88,35 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class HeartbeatCalibration:
+    """What a job's heartbeats taught across its attempts: how many steady intervals, the longest."""
+
+    gaps: int
+    longest_gap: float
+    ever_beat: bool
+
+
+def _batch(batch_json: str | None) -> Batch | None:
+    return Batch.from_dict(json.loads(batch_json)) if batch_json else None
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], name=row["name"], state=JobState(row["state"]),
         state_since=row["state_since"], submitted_at=row["submitted_at"],
-        spec=json.loads(row["spec_json"]), spec_text=row["spec_text"],
+        spec_json=row["spec_json"], spec_text=row["spec_text"],
         spec_path=row["spec_path"], environment=json.loads(row["environment_json"]),
         checkpoint_dir=row["checkpoint_dir"], next_start_at=row["next_start_at"],
-        stop_requested=row["stop_requested"],
-        batch=json.loads(row["batch_json"]) if row["batch_json"] else None,
-        result=row["result"],
+        stop_requested=row["stop_requested"], batch=_batch(row["batch_json"]),
+        result=row["result"], budget_reset_at=row["budget_reset_at"],
     )
 
 
 def _attempt(row: sqlite3.Row) -> Attempt:
     fields = dict(row)
     fields["reason"] = EndReason(row["reason"]) if row["reason"] else None
-    batch_json = fields.pop("batch_json")
-    fields["batch"] = json.loads(batch_json) if batch_json else None
+    fields["batch"] = _batch(fields.pop("batch_json"))
     fields["gpu_uuids"] = json.loads(row["gpu_uuids"]) if row["gpu_uuids"] else None
     return Attempt(**fields)
 
@@ -163,23 +129,51 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> "Store":
-        """Open for writing (the daemon), creating the schema if needed."""
+        """Open for writing (the daemon): create the schema, or upgrade an older one.
+
+        Raises:
+            DatabaseVersionError: a newer trainsup wrote the database; it is left untouched.
+        """
+        version = schema.read_version(path)
+        if version > schema.VERSION:
+            raise DatabaseVersionError(_newer_message(path, version))
         db = sqlite3.connect(path, isolation_level=None, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
-        return cls(db)
+        store = cls(db)
+        if version == 0:
+            with store.transaction():
+                if schema.version_of(db) == 0:
+                    schema.create(db)
+        elif version < schema.VERSION:
+            schema.upgrade(db, path, version)
+        return store
 
     @classmethod
     def open_readonly(cls, path: Path) -> "Store | None":
-        """Open for reading (the CLI); None if no daemon has created the store yet."""
+        """Open for reading (the CLI); None if no daemon has created the store yet.
+
+        Raises:
+            DatabaseVersionError: the schema is not this trainsup's (older: the daemon upgrades it).
+        """
         if not path.exists():
             return None
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10)
         db.row_factory = sqlite3.Row
-        return cls(db)
+        version = schema.version_of(db)
+        if version == schema.VERSION:
+            return cls(db)
+        db.close()
+        if version == 0:
+            return None
+        if version > schema.VERSION:
+            raise DatabaseVersionError(_newer_message(path, version))
+        raise DatabaseVersionError(
+            f"{path} was written by an older trainsup; start the daemon (`trainsup daemon` or restart the service)"
+            " to upgrade it."
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -204,11 +198,11 @@ class Store:
         """Add a job; False if a job with this id exists (a re-ingested request)."""
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO jobs (id, name, state, state_since, submitted_at, spec_json,"
-            " spec_text, spec_path, environment_json, checkpoint_dir, batch_json)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " spec_text, spec_path, environment_json, checkpoint_dir, batch_json, budget_reset_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (job.id, job.name, job.state, job.state_since, job.submitted_at,
-             json.dumps(job.spec), job.spec_text, job.spec_path, json.dumps(job.environment),
-             job.checkpoint_dir, json.dumps(job.batch) if job.batch else None),
+             job.spec_json, job.spec_text, job.spec_path, json.dumps(job.environment),
+             job.checkpoint_dir, _column_value(job.batch), job.budget_reset_at),
         )
         return cursor.rowcount == 1
 
@@ -249,27 +243,35 @@ class Store:
             " ORDER BY j.submitted_at, j.id"
         ).fetchall()
 
-    def set_state(self, job_id: str, current: JobState, target: JobState, now: float, **fields: Any) -> None:
-        """Move a job along one legal edge of the state machine.
+    def set_state(
+        self, job_id: str, current: JobState, target: JobState, now: float, kind: str, message: str,
+        **fields: Any,
+    ) -> None:
+        """Move a job along one legal edge of the state machine and record the event that says why.
+
+        `fields` are other columns of the job to change with it (`batch` takes a `Batch`).
 
         Raises:
             IllegalTransitionError: the edge is not in the table, or the job is
                 no longer in `current` (someone else moved it).
         """
         check_transition(current, target)
-        assignments = "".join(f", {name}=?" for name in fields)
+        assignments = "".join(f", {_column(name)}=?" for name in fields)
         values = [_column_value(v) for v in fields.values()]
-        cursor = self._db.execute(
-            f"UPDATE jobs SET state=?, state_since=?{assignments} WHERE id=? AND state=?",
-            (target, now, *values, job_id, current),
-        )
-        if cursor.rowcount != 1:
-            raise IllegalTransitionError(f"job {job_id} is no longer {current}")
+        with self.transaction():
+            cursor = self._db.execute(
+                f"UPDATE jobs SET state=?, state_since=?{assignments} WHERE id=? AND state=?",
+                (target, now, *values, job_id, current),
+            )
+            if cursor.rowcount != 1:
+                raise IllegalTransitionError(f"job {job_id} is no longer {current}")
+            self.add_event(job_id, kind, message, now)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        """Change fields other than the state."""
-        assert "state" not in fields, "use set_state"
-        assignments = ", ".join(f"{name}=?" for name in fields)
+        """Change fields other than the state (`batch` takes a `Batch`)."""
+        if "state" in fields:
+            raise TypeError("change a job's state with set_state, which checks the edge and records the event")
+        assignments = ", ".join(f"{_column(name)}=?" for name in fields)
         self._db.execute(
             f"UPDATE jobs SET {assignments} WHERE id=?",
             (*[_column_value(v) for v in fields.values()], job_id),
@@ -282,13 +284,13 @@ class Store:
             "INSERT INTO attempts (job_id, number, run_dir, log_path, boot_id, started_at,"
             " checkpoint_before, batch_json, gpu_uuids) VALUES (?,?,?,?,?,?,?,?,?)",
             (attempt.job_id, attempt.number, attempt.run_dir, attempt.log_path, attempt.boot_id,
-             attempt.started_at, attempt.checkpoint_before,
-             json.dumps(attempt.batch) if attempt.batch else None,
+             attempt.started_at, attempt.checkpoint_before, _column_value(attempt.batch),
              json.dumps(attempt.gpu_uuids) if attempt.gpu_uuids else None),
         )
 
     def update_attempt(self, job_id: str, number: int, **fields: Any) -> None:
-        assignments = ", ".join(f"{name}=?" for name in fields)
+        """Change columns of one attempt (`batch` takes a `Batch`)."""
+        assignments = ", ".join(f"{_column(name)}=?" for name in fields)
         self._db.execute(
             f"UPDATE attempts SET {assignments} WHERE job_id=? AND number=?",
             (*[_column_value(v) for v in fields.values()], job_id, number),
@@ -329,21 +331,54 @@ class Store:
         )
         return cursor.rowcount == 1
 
-    # --- small persistent memory (e.g. batch sizes that worked, per job name) ----
+    # --- what the daemon learnt -------------------------------------------------------
 
-    def remember(self, name: str, value: Any) -> None:
+    def remembered_micro(self, job_name: str, global_batch: int) -> int | None:
+        """The micro-batch that last worked for jobs of this name at this global batch."""
+        row = self._db.execute(
+            "SELECT micro FROM micro_batches WHERE job_name=? AND global_batch=?", (job_name, global_batch)
+        ).fetchone()
+        return row["micro"] if row else None
+
+    def remember_micro(self, job_name: str, global_batch: int, micro: int) -> None:
         self._db.execute(
-            "INSERT INTO memory (name, value_json) VALUES (?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET value_json=excluded.value_json",
-            (name, json.dumps(value)),
+            "INSERT INTO micro_batches (job_name, global_batch, micro) VALUES (?,?,?)"
+            " ON CONFLICT(job_name, global_batch) DO UPDATE SET micro=excluded.micro",
+            (job_name, global_batch, micro),
         )
 
-    def recall(self, name: str) -> Any | None:
-        row = self._db.execute("SELECT value_json FROM memory WHERE name=?", (name,)).fetchone()
-        return json.loads(row["value_json"]) if row else None
+    def heartbeat_calibration(self, job_id: str) -> HeartbeatCalibration | None:
+        row = self._db.execute(
+            "SELECT gaps, longest_gap, ever_beat FROM heartbeat_calibrations WHERE job_id=?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return HeartbeatCalibration(gaps=row["gaps"], longest_gap=row["longest_gap"], ever_beat=bool(row["ever_beat"]))
+
+    def save_heartbeat_calibration(self, job_id: str, calibration: HeartbeatCalibration) -> None:
+        self._db.execute(
+            "INSERT INTO heartbeat_calibrations (job_id, gaps, longest_gap, ever_beat) VALUES (?,?,?,?)"
+            " ON CONFLICT(job_id) DO UPDATE SET gaps=excluded.gaps, longest_gap=excluded.longest_gap,"
+            " ever_beat=excluded.ever_beat",
+            (job_id, calibration.gaps, calibration.longest_gap, int(calibration.ever_beat)),
+        )
+
+
+def _newer_message(path: Path, version: int) -> str:
+    return (f"{path} was written by a newer trainsup (schema version {version}; this one reads up to"
+            f" {schema.VERSION}): upgrade trainsup or use another TRAINSUP_HOME.")
+
+
+_COLUMNS = {"batch": "batch_json"}
+
+
+def _column(field: str) -> str:
+    return _COLUMNS.get(field, field)
 
 
 def _column_value(value: Any) -> Any:
+    if isinstance(value, Batch):
+        return json.dumps(value.as_dict())
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return value
