@@ -5,7 +5,7 @@ For each size, the median of --repeats runs of:
   torch.save+fsync   the same, then fsync the file
   power-safe         trainsup's protocol: temp dir, sha256, fsync files, manifest,
                      fsync dir, rename, fsync parent, LATEST, retention
-  async stall        how long the training loop waits with async_save (CPU snapshot)
+  async stall        how long the training loop waits with Saving(in_background=True) (CPU snapshot)
   async durable      from the start of that save until it is durable in the background
 
     python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainsup.trainer import CheckpointStore, Retention, Session  # noqa: E402
+from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
 
@@ -75,26 +75,27 @@ def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, fl
             file.flush()
             os.fsync(file.fileno())
 
-    store = CheckpointStore(root / "store", retention=Retention(keep_last=1))
+    checkpoints = CheckpointDir(root / "checkpoints", retention=Retention(keep_last=1))
     step = iter(range(1, 10**6))
 
     def power_safe() -> None:
         meta = {"epoch": 0, "position": 0, "torch_version": torch.__version__, "created": time.time()}
-        store.save(next(step), {"state.pt": lambda f: torch.save(state, f)}, meta)
+        checkpoints.save(next(step), {"state.pt": lambda f: torch.save(state, f)}, meta)
 
-    def prepare_store() -> None:
+    def prepare_checkpoints() -> None:
         clean()
-        store.prepare()
+        checkpoints.prepare()
 
     results = {
         "torch.save": timed(lambda: torch.save(state, target), repeats, clean),
         "torch.save+fsync": timed(save_fsync, repeats, clean),
-        "power-safe": timed(power_safe, repeats, prepare_store),
+        "power-safe": timed(power_safe, repeats, prepare_checkpoints),
     }
     stalls, durable = [], []
     clean()
-    with Session(model, checkpoint_dir=root / "async", async_save=True, handle_signals=False, environ={},
-                 save_every_seconds=None, save_on_exit=False, keep_last=1) as session:
+    with Session(model, checkpoint_dir=root / "async", handle_signals=False, environ={},
+                 saving=Saving(every_seconds=None, on_exit=False, in_background=True),
+                 retention=Retention(keep_last=1)) as session:
         for _ in range(repeats):
             session.step_done()
             started = time.perf_counter()

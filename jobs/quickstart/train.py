@@ -31,7 +31,7 @@ scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=500, gamma=0.5)
 history = {"accuracy": []}
 
 with trainer.Session(model, optimizer, scheduler, extra=history, checkpoint_dir=args.checkpoint_dir,  # trainsup
-                     save_every_seconds=3.0, keep_last=3) as session:
+                     saving=trainer.Saving(every_seconds=3.0), retention=trainer.Retention(keep_last=3)) as session:
     print(f"starting at epoch {session.epoch}, step {session.step}", flush=True)
     for epoch in session.epochs(args.epochs):  # trainsup
         for step in session.steps(loader):  # trainsup

@@ -24,15 +24,16 @@ labels = (features[:, :4].sum(dim=1) > 0).long()
 train_set = TensorDataset(features[:3584], labels[:3584])
 val_x, val_y = features[3584:], labels[3584:]
 
-plan = trainer.batch_plan(micro=64, grad_accum=2)  # trainsup: micro-batch may shrink after an OOM, global stays 128
-loader = DataLoader(train_set, batch_size=plan.micro, sampler=trainer.ResumableSampler(train_set, seed=0))  # trainsup
+batch = trainer.Batch.from_env(micro=64, grad_accum=2)  # trainsup: micro-batch may shrink after an OOM, global stays 128
+loader = DataLoader(train_set, batch_size=batch.micro, sampler=trainer.ResumableSampler(train_set, seed=0))  # trainsup
 model = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 2))
 optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(loader) // plan.grad_accum)
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(loader) // batch.grad_accum)
 state = {"history": [], "best_acc": 0.0, "bad_epochs": 0}
 
-with trainer.Session(model, optimizer, scheduler, extra=state, checkpoint_dir=args.checkpoint_dir, batch=plan,
-                     save_every_steps=20, best_metric="val_acc", best_mode="max", keep_best=1) as session:  # trainsup
+with trainer.Session(model, optimizer, scheduler, extra=state, checkpoint_dir=args.checkpoint_dir, batch=batch,  # trainsup
+                     saving=trainer.Saving(every_steps=20),
+                     retention=trainer.Retention(keep_best=1, metric="val_acc", mode="max")) as session:
     for epoch in session.epochs(args.epochs):  # trainsup
         model.train()
         for step in session.steps(loader):  # trainsup

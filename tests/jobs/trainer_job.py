@@ -29,14 +29,14 @@ def main() -> None:
     torch.manual_seed(0)
     data = torch.Generator().manual_seed(1)
     dataset = TensorDataset(torch.randn(96, 8, generator=data), torch.randint(0, 3, (96,), generator=data))
-    plan = trainer.batch_plan(micro=4, grad_accum=2)
-    loader = DataLoader(dataset, batch_size=plan.micro, sampler=trainer.ResumableSampler(dataset, seed=7))
+    batch = trainer.Batch.from_env(micro=4, grad_accum=2)
+    loader = DataLoader(dataset, batch_size=batch.micro, sampler=trainer.ResumableSampler(dataset, seed=7))
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
 
-    with trainer.Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir,
-                         save_every_steps=args.save_every, save_every_seconds=None, batch=plan) as session:
+    with trainer.Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir, batch=batch,
+                         saving=trainer.Saving(every_steps=args.save_every, every_seconds=None)) as session:
         print(f"event start step {session.step}", flush=True)
         for _epoch in session.epochs(args.epochs):
             for step in session.steps(loader):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainsup.trainer.store import CheckpointStore, Retention
+from trainsup.trainer.checkpoints import CheckpointDir, Retention
 
 TORCH = torch.__version__
 
@@ -35,19 +35,19 @@ def files_for(step: int, variant: int = 0) -> dict[str, Any]:
 
 def read_back(root: Path) -> tuple[int, float] | None:
     """What a starting run would resume from: (step, first value of w), or None."""
-    store = CheckpointStore(root)
-    store.prepare()
-    for checkpoint in store.verified():
+    checkpoints = CheckpointDir(root)
+    checkpoints.prepare()
+    for checkpoint in checkpoints.verified():
         state = torch.load(checkpoint.path / "state.pt", weights_only=True)
         return checkpoint.step, float(state["w"][0])
     return None
 
 
 def seed_dir(root: Path, steps: list[int]) -> None:
-    store = CheckpointStore(root, retention=Retention(keep_last=None))
-    store.prepare()
+    checkpoints = CheckpointDir(root, retention=Retention(keep_last=None))
+    checkpoints.prepare()
     for step in steps:
-        store.save(step, files_for(step), meta(step))
+        checkpoints.save(step, files_for(step), meta(step))
 
 
 def crash_failures(helpers: Any, tmp: Path, initial: list[int], new_step: int, new_variant: int,
@@ -63,7 +63,7 @@ def crash_failures(helpers: Any, tmp: Path, initial: list[int], new_step: int, n
     counting_root = tmp / "count"
     shutil.copytree(base, counting_root)
     counter = helpers.PowerLossModel(counting_root, skip=skip)
-    CheckpointStore(counting_root, counter, Retention(keep_last=2)).save(new_step, files_for(new_step, new_variant), meta(new_step))
+    CheckpointDir(counting_root, counter, Retention(keep_last=2)).save(new_step, files_for(new_step, new_variant), meta(new_step))
     total = len(counter.done)
     assert total >= 10, counter.done
 
@@ -73,9 +73,9 @@ def crash_failures(helpers: Any, tmp: Path, initial: list[int], new_step: int, n
             root = tmp / f"run-{k}-{mode}"
             shutil.copytree(base, root)
             model = helpers.PowerLossModel(root, crash_after=k, skip=skip)
-            store = CheckpointStore(root, model, Retention(keep_last=2))
+            checkpoints = CheckpointDir(root, model, Retention(keep_last=2))
             with pytest.raises(helpers.SimulatedCrash):
-                store.save(new_step, files_for(new_step, new_variant), meta(new_step))
+                checkpoints.save(new_step, files_for(new_step, new_variant), meta(new_step))
             survived = tmp / f"after-{k}-{mode}"
             model.materialize(survived, mode)
             try:
@@ -89,7 +89,7 @@ def crash_failures(helpers: Any, tmp: Path, initial: list[int], new_step: int, n
                 failures.append(f"power lost after save returned ({mode}): resumed {got}, the new {new} is lost")
             else:
                 # the next run can always save again over whatever was left
-                CheckpointStore(survived).save(new_step + 1, files_for(new_step + 1), meta(new_step + 1))
+                CheckpointDir(survived).save(new_step + 1, files_for(new_step + 1), meta(new_step + 1))
                 assert read_back(survived) == (new_step + 1, float(payload(new_step + 1)[0]))
     return failures
 
@@ -111,9 +111,9 @@ def test_harness_catches_a_protocol_without_fsync(helpers: Any, tmp_path: Path, 
 
 def test_disk_full_fails_the_save_and_keeps_the_previous(helpers: Any, tmp_path: Path) -> None:
     seed_dir(tmp_path, [100])
-    store = CheckpointStore(tmp_path, helpers.NoSpaceOps(budget=1000))
+    checkpoints = CheckpointDir(tmp_path, helpers.NoSpaceOps(budget=1000))
     with pytest.raises(Exception) as raised:
-        store.save(200, files_for(200), meta(200))
+        checkpoints.save(200, files_for(200), meta(200))
     message = str(raised.value)
     assert type(raised.value).__name__ == "CheckpointSaveError"
     assert "No space left on device" in message and "step-000000100 is intact" in message, message
@@ -130,16 +130,16 @@ def test_disk_full_on_a_real_tiny_tmpfs(tmp_path: Path) -> None:
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'})")
     try:
-        store = CheckpointStore(mount / "ckpt", retention=Retention(keep_last=None))
-        store.prepare()
-        store.save(1, {"state.pt": lambda f: torch.save({"w": torch.zeros(1000)}, f)}, meta(1))
+        checkpoints = CheckpointDir(mount / "ckpt", retention=Retention(keep_last=None))
+        checkpoints.prepare()
+        checkpoints.save(1, {"state.pt": lambda f: torch.save({"w": torch.zeros(1000)}, f)}, meta(1))
         big = torch.zeros(200_000)  # 800 kB: cannot fit
         with pytest.raises(Exception) as raised:
-            store.save(2, {"state.pt": lambda f: torch.save({"w": big}, f)}, meta(2))
+            checkpoints.save(2, {"state.pt": lambda f: torch.save({"w": big}, f)}, meta(2))
         assert "step-000000001 is intact" in str(raised.value), raised.value
-        assert [p.name for p in store.step_dirs()] == ["step-000000001"]
+        assert [p.name for p in checkpoints.step_dirs()] == ["step-000000001"]
         assert not [p for p in (mount / "ckpt").iterdir() if p.name.startswith(".tmp")]
-        assert next(store.verified()).step == 1
+        assert next(checkpoints.verified()).step == 1
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
@@ -167,20 +167,20 @@ def test_corrupt_newest_falls_back_with_a_clear_line(tmp_path: Path, trainer_log
 
 
 def test_retention_keeps_last_and_best(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, retention=Retention(keep_last=2, keep_best=1, metric="val", mode="max"))
-    store.prepare()
+    checkpoints = CheckpointDir(tmp_path, retention=Retention(keep_last=2, keep_best=1, metric="val", mode="max"))
+    checkpoints.prepare()
     for step, val in [(1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7), (5, 0.1)]:
-        store.save(step, files_for(step), {**meta(step), "metrics": {"val": val}})
-    assert [p.name for p in store.step_dirs()] == ["step-000000005", "step-000000004", "step-000000002"]
+        checkpoints.save(step, files_for(step), {**meta(step), "metrics": {"val": val}})
+    assert [p.name for p in checkpoints.step_dirs()] == ["step-000000005", "step-000000004", "step-000000002"]
     assert (tmp_path / "LATEST").read_text() == "step-000000005\n"
-    assert next(store.verified("best", "val", "max")).step == 2
+    assert next(checkpoints.verified("best", "val", "max")).step == 2
 
 
 def test_interrupted_temp_dirs_are_removed_on_start(tmp_path: Path) -> None:
     seed_dir(tmp_path, [100])
     (tmp_path / ".tmp-step-000000200-abcd").mkdir()
     (tmp_path / ".tmp-step-000000200-abcd" / "state.pt").write_bytes(b"half")
-    CheckpointStore(tmp_path).prepare()
+    CheckpointDir(tmp_path).prepare()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "step-000000100"]
 
 
@@ -206,10 +206,11 @@ def test_malicious_pickle_with_a_valid_manifest_is_refused(tmp_path: Path, train
     assert marker.exists()
     marker.unlink()
 
-    from trainsup.trainer.session import Session
+    from trainsup.trainer import Saving, Session
 
     root = tmp_path / "ckpt"
-    with Session(torch.nn.Linear(2, 2), checkpoint_dir=root, handle_signals=False, save_on_exit=False) as session:
+    with Session(torch.nn.Linear(2, 2), checkpoint_dir=root, handle_signals=False,
+                 saving=Saving(on_exit=False)) as session:
         session.step_done()
         session.save()
     good, bad = root / "step-000000001", root / "step-000000002"

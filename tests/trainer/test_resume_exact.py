@@ -28,13 +28,13 @@ def kill_plan(seed: int) -> list[tuple[str, dict[str, str]]]:
     ]
 
 
-@pytest.mark.parametrize(("workers", "async_save"), [(0, False), (2, True)], ids=["workers0-sync", "workers2-async"])
+@pytest.mark.parametrize(("workers", "in_background"), [(0, False), (2, True)], ids=["workers0-sync", "workers2-background"])
 def test_sigkill_at_random_points_then_resume_is_bit_exact(
-    helpers: Any, reference_run: dict[str, Any], tmp_path: Path, workers: int, async_save: bool
+    helpers: Any, reference_run: dict[str, Any], tmp_path: Path, workers: int, in_background: bool
 ) -> None:
     args = ["--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "final.pt"), "--workers", str(workers)]
-    if async_save:
-        args.append("--async-save")  # the kill inside a save then hits the background thread
+    if in_background:
+        args.append("--save-in-background")  # the kill inside a save then hits the background thread
     plan = kill_plan(seed=workers)
     if workers:
         plan = [plan[1], plan[3]]  # fewer restarts where each costs worker start-up

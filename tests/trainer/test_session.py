@@ -1,4 +1,4 @@
-"""Session behaviour in-process: resume selection, errors, locking, heartbeats, async save."""
+"""Session behaviour in-process: options, resume selection, errors, locking, heartbeats, background save."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainsup import trainer
-from trainsup.trainer import ResumableSampler, Session, batch_plan
+from trainsup.contracts import read_heartbeats
+from trainsup.trainer import Batch, ResumableSampler, Retention, Saving, Session
 
 DATA = TensorDataset(torch.arange(24), torch.randn(24, 4, generator=torch.Generator().manual_seed(0)))
 
@@ -55,7 +56,7 @@ def test_missing_checkpoint_is_a_fresh_start_said_out_loud(tmp_path: Path, train
 def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
     model, optimizer = make()
     extra = {"history": [1.0, 2.0], "best": 0.5}
-    with session_for(tmp_path, model, optimizer, extra=extra, save_every_steps=2, save_on_exit=False) as session:
+    with session_for(tmp_path, model, optimizer, extra=extra, saving=Saving(every_steps=2, on_exit=False)) as session:
         train(session, model, optimizer, 1)
         assert session.step == 6
     model2, optimizer2 = make()
@@ -70,15 +71,15 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
 
 def test_resume_from_best_and_record_it(tmp_path: Path, trainer_log: Any) -> None:
     model, optimizer = make()
-    with session_for(tmp_path, model, optimizer, keep_last=None, save_every_steps=None,
-                     save_every_seconds=None) as session:
+    with session_for(tmp_path, model, optimizer, retention=Retention(keep_last=None),
+                     saving=Saving(every_seconds=None)) as session:
         train(session, model, optimizer, 4, metric=lambda e: [0.5, 0.2, 0.4, 0.3][e])
     # epoch-end checkpoints at steps 6, 12, 18, 24; val is reported after each epoch's steps,
     # so it reaches the checkpoint written at the end of that epoch
     run_dir = tmp_path / "run"
     model2, optimizer2 = make()
     environ = {"TRAINSUP_RUN_DIR": str(run_dir)}
-    with session_for(tmp_path, model2, optimizer2, resume="best", best_metric="val", environ=environ) as session:
+    with session_for(tmp_path, model2, optimizer2, resume="best", retention=Retention(metric="val"), environ=environ) as session:
         assert session.resumed_from is not None and session.resumed_from.step == 12
         assert session.epoch == 2
         session.step_done()
@@ -88,7 +89,7 @@ def test_resume_from_best_and_record_it(tmp_path: Path, trainer_log: Any) -> Non
     assert newest["started_from"]["select"] == "best" and newest["started_from"]["checkpoint"] == "step-000000012"
     assert {p.name.split("-")[1] for p in tmp_path.glob("superseded-*")} == {"step"}
     # a restart of that fine-tuning (attempt 2) continues it instead of going back to the best
-    with session_for(tmp_path, *make(), resume="best", best_metric="val",
+    with session_for(tmp_path, *make(), resume="best", retention=Retention(metric="val"),
                      environ={"TRAINSUP_ATTEMPT": "2"}) as session:
         assert session.resumed_from is not None and session.resumed_from.step == 13
 
@@ -149,9 +150,9 @@ def test_out_of_memory_writes_exit_json_and_propagates(tmp_path: Path) -> None:
     assert info["reason"] == "oom" and info["step"] == 1 and "out of memory" in info["detail"]
 
 
-def test_async_save_snapshots_then_persists(tmp_path: Path) -> None:
+def test_background_save_snapshots_then_persists(tmp_path: Path) -> None:
     model, optimizer = make()
-    with session_for(tmp_path, model, optimizer, async_save=True) as session:
+    with session_for(tmp_path, model, optimizer, saving=Saving(in_background=True)) as session:
         session.step_done()
         before = [p.detach().clone() for p in model.parameters()]
         assert session.save() is None
@@ -189,15 +190,33 @@ def test_heartbeats_are_rate_limited_and_complete(tmp_path: Path) -> None:
         session.save()
         assert writes == ["checkpoint", "train"]
         assert json.loads((beats / "rank-0.json").read_text())["step"] == calls
+    [record] = read_heartbeats(beats)  # the supervisor's reader understands what the trainer wrote
+    assert (record.rank, record.step, record.phase) == (0, calls, "train")
 
 
-def test_batch_plan_follows_the_supervisor() -> None:
-    assert batch_plan(32, 2, environ={}) == trainer.BatchPlan(32, 2)
-    shrunk = batch_plan(32, 2, environ={"TRAINSUP_BATCH_SIZE": "16", "TRAINSUP_GLOBAL_BATCH_SIZE": "64"})
-    assert (shrunk.micro, shrunk.grad_accum, shrunk.global_batch) == (16, 4, 64)
-    assert batch_plan(32, 2, environ={"TRAINSUP_BATCH_SIZE": "8", "TRAINSUP_GRAD_ACCUM": "8"}).global_batch == 64
-    with pytest.raises(trainer.TrainerError, match="does not divide"):
-        batch_plan(32, 2, environ={"TRAINSUP_BATCH_SIZE": "24"})
+def test_a_batch_error_inside_the_session_is_one_line_and_exit_1(tmp_path: Path, capsys: Any) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        with session_for(tmp_path / "ck", *make(), environ={"TRAINSUP_RUN_DIR": str(run_dir)}):
+            Batch.from_env(32, 2, environ={"TRAINSUP_BATCH_SIZE": "24"})
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: The micro-batch 24 does not divide the global batch 64."
+    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "error"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (lambda: Saving(every_steps=0), "every_steps must be at least 1"),
+    (lambda: Saving(every_seconds=0), "every_seconds must be more than 0"),
+    (lambda: Retention(keep_last=0), "keep_last must be at least 1"),
+    (lambda: Retention(keep_best=1), "keep_best needs a metric"),
+    (lambda: Retention(mode="top"), "mode must be 'min' or 'max'"),
+    (lambda: Session(checkpoint_dir="/nonexistent", resume="best"), "resume='best' needs Retention"),
+    (lambda: Session(checkpoint_dir="/nonexistent", resume="newest"), "resume must be 'latest', 'best' or 'none'"),
+])
+def test_impossible_options_are_one_sentence(options: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        options()
+    assert str(raised.value).endswith(".") and "\n" not in str(raised.value)
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
@@ -213,8 +232,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
 def test_resume_with_a_smaller_micro_batch_keeps_the_sample_position(tmp_path: Path) -> None:
     model, optimizer = make()
     seen: list[int] = []
-    with session_for(tmp_path, model, optimizer, batch=trainer.BatchPlan(4, 2), save_every_steps=1,
-                     save_on_exit=False) as session:
+    with session_for(tmp_path, model, optimizer, batch=Batch(4, 2), saving=Saving(every_steps=1, on_exit=False)) as session:
         loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
         for _ in session.epochs(1):
             for step in session.steps(loader):
@@ -226,9 +244,10 @@ def test_resume_with_a_smaller_micro_batch_keeps_the_sample_position(tmp_path: P
             break
     assert session.position == 16
     model2, optimizer2 = make()
-    plan = batch_plan(4, 2, environ={"TRAINSUP_BATCH_SIZE": "2", "TRAINSUP_GLOBAL_BATCH_SIZE": "8"})
-    with session_for(tmp_path, model2, optimizer2, batch=plan) as session:
-        loader = DataLoader(DATA, batch_size=plan.micro, sampler=ResumableSampler(DATA, seed=3))
+    batch = Batch.from_env(4, 2, environ={"TRAINSUP_BATCH_SIZE": "2", "TRAINSUP_GLOBAL_BATCH_SIZE": "8"})
+    assert batch == Batch(2, 4)
+    with session_for(tmp_path, model2, optimizer2, batch=batch) as session:
+        loader = DataLoader(DATA, batch_size=batch.micro, sampler=ResumableSampler(DATA, seed=3))
         for _ in session.epochs(1):
             for step in session.steps(loader):
                 assert len(step) == 4
@@ -242,22 +261,22 @@ def test_resume_with_a_smaller_micro_batch_keeps_the_sample_position(tmp_path: P
 def test_a_failed_periodic_save_is_logged_and_training_continues(helpers: Any, tmp_path: Path,
                                                                 trainer_log: Any) -> None:
     model, optimizer = make()
-    with session_for(tmp_path, model, optimizer, save_every_steps=2, save_on_exit=False) as session:
+    with session_for(tmp_path, model, optimizer, saving=Saving(every_steps=2, on_exit=False)) as session:
         session.step_done()
         session.step_done()  # step 2: saved
-        session.store.ops = helpers.NoSpaceOps(budget=0)
+        session.checkpoints.ops = helpers.NoSpaceOps(budget=0)
         session.step_done()
         session.step_done()  # step 4: the disk is full
         assert session.step == 4 and session.last_checkpoint is not None and session.last_checkpoint.step == 2
     errors = [r.getMessage() for r in trainer_log.records if r.levelname == "ERROR"]
     assert errors == ["Saving checkpoint step-000000004 failed (No space left on device); the previous checkpoint "
                       "step-000000002 is intact. Training continues; the next save will try again."]
-    assert [p.name for p in session.store.step_dirs()] == ["step-000000002"]
+    assert [p.name for p in session.checkpoints.step_dirs()] == ["step-000000002"]
 
 
 def test_saving_between_micro_batches_is_refused(tmp_path: Path) -> None:
     model, optimizer = make()
-    with session_for(tmp_path, model, optimizer, save_on_exit=False) as session:
+    with session_for(tmp_path, model, optimizer, saving=Saving(on_exit=False)) as session:
         loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
         for _ in session.epochs(1):
             for step in session.steps(loader, grad_accum=2):

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=3)
-    parser.add_argument("--async-save", action="store_true")
+    parser.add_argument("--save-in-background", action="store_true")
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--step-delay", type=float, default=0.0)
     args = parser.parse_args()
@@ -70,8 +70,8 @@ def main() -> None:
     np.random.seed(0)
     data = torch.Generator().manual_seed(1)
     dataset = TensorDataset(torch.arange(60), torch.randn(60, 8, generator=data), torch.randint(0, 3, (60,), generator=data))
-    plan = trainer.batch_plan(micro=4, grad_accum=2)
-    loader = DataLoader(dataset, batch_size=plan.micro, sampler=trainer.ResumableSampler(dataset, seed=7),
+    batch = trainer.Batch.from_env(micro=4, grad_accum=2)
+    loader = DataLoader(dataset, batch_size=batch.micro, sampler=trainer.ResumableSampler(dataset, seed=7),
                         num_workers=args.workers)
     model = torch.nn.Sequential(torch.nn.Linear(8, args.hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2),
                                 torch.nn.Linear(args.hidden, 3))
@@ -81,8 +81,9 @@ def main() -> None:
     slow = float(os.environ.get("TEST_SLOW_SAVE", "0"))
 
     with trainer.Session(model, optimizer, scheduler, extra=state, checkpoint_dir=args.checkpoint_dir,
-                         save_every_steps=args.save_every, save_every_seconds=None, batch=plan,
-                         async_save=args.async_save, ops=SlowOps(slow) if slow else None) as session:
+                         saving=trainer.Saving(every_steps=args.save_every, every_seconds=None,
+                                               in_background=args.save_in_background),
+                         batch=batch, ops=SlowOps(slow) if slow else None) as session:
         for epoch in session.epochs(args.epochs):
             print(f"event epoch {epoch}", flush=True)
             for step in session.steps(loader):

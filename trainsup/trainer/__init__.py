@@ -4,7 +4,9 @@ Imported inside the training process; the only part of trainsup that needs torch
 See docs/trainer.md.
 """
 
-from trainsup.trainer.batching import BatchPlan, batch_plan
+from trainsup.batch import Batch, BatchError
+from trainsup.contracts import EXIT_PREEMPTED
+from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
 from trainsup.trainer.environment import TrainerEnv
 from trainsup.trainer.errors import (
     ArchitectureMismatchError,
@@ -15,28 +17,28 @@ from trainsup.trainer.errors import (
     TrainerError,
 )
 from trainsup.trainer.fsops import FileOps
-from trainsup.trainer.outcome import EXIT_TEMPFAIL
 from trainsup.trainer.sampler import ResumableSampler
+from trainsup.trainer.saving import Saving
 from trainsup.trainer.session import Session
 from trainsup.trainer.step import Step
-from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
 
 __all__ = [
     "ArchitectureMismatchError",
-    "BatchPlan",
+    "Batch",
+    "BatchError",
     "Checkpoint",
+    "CheckpointDir",
     "CheckpointDirLockedError",
     "CheckpointSaveError",
-    "CheckpointStore",
-    "EXIT_TEMPFAIL",
+    "EXIT_PREEMPTED",
     "EpochOutOfRangeError",
     "FileOps",
     "LoopUsageError",
     "ResumableSampler",
     "Retention",
+    "Saving",
     "Session",
     "Step",
     "TrainerEnv",
     "TrainerError",
-    "batch_plan",
 ]

@@ -1,4 +1,4 @@
-"""The checkpoint directory: the power-safe save protocol, verified lookup, retention.
+"""`CheckpointDir`: the power-safe save protocol, verified lookup and retention of one directory.
 
 Layout (inside the checkpoint dir):
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
+from trainsup.contracts import parse_step_dir, step_dir_name
 from trainsup.trainer.errors import CheckpointSaveError
 from trainsup.trainer.fsops import FileOps, Writer
 from trainsup.trainer.log import get_logger
@@ -35,16 +36,11 @@ from trainsup.trainer.manifest import (
 )
 
 LATEST = "LATEST"
-_STEP_DIR = re.compile(r"step-(\d{9,})")
 _TEMP_PREFIXES = (".tmp-step-", ".LATEST.tmp")
 _REPLACED_PREFIX = ".old-"
 _REPLACED = re.compile(r"\.old-(step-\d{9,})-[0-9a-f]+")
 
 log = get_logger()
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:09d}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,10 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Retention:
-    """Keep the newest `keep_last` checkpoints and the `keep_best` best by `metric`."""
+    """Keep the newest `keep_last` checkpoints and the `keep_best` best by `metric`.
+
+    `metric` and `mode` also say which checkpoint is best for `Session(resume="best")`.
+    """
 
     keep_last: int | None = 3
     keep_best: int = 0
@@ -72,14 +71,18 @@ class Retention:
 
     def __post_init__(self) -> None:
         if self.keep_last is not None and self.keep_last < 1:
-            raise ValueError("keep_last must be at least 1 (or None to keep every checkpoint)")
+            raise ValueError("Retention keep_last must be at least 1, or None to keep every checkpoint.")
+        if self.keep_best < 0:
+            raise ValueError("Retention keep_best must be 0 or more.")
         if self.keep_best and not self.metric:
-            raise ValueError("keep_best needs a metric")
+            raise ValueError("Retention keep_best needs a metric to rank the checkpoints by.")
         if self.mode not in ("min", "max"):
-            raise ValueError("mode must be 'min' or 'max'")
+            raise ValueError("Retention mode must be 'min' or 'max'.")
 
 
-class CheckpointStore:
+class CheckpointDir:
+    """The trainer's checkpoints inside one directory; every change goes through `ops`."""
+
     def __init__(self, root: Path, ops: FileOps | None = None, retention: Retention | None = None) -> None:
         self.root = Path(root)
         self.ops = ops or FileOps()
@@ -204,7 +207,7 @@ class CheckpointStore:
         """Committed checkpoint directories, newest step first (unverified)."""
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), e) for e in self.root.iterdir() if (m := _STEP_DIR.fullmatch(e.name)) and e.is_dir()]
+        found = [(step, e) for e in self.root.iterdir() if (step := parse_step_dir(e.name)) is not None and e.is_dir()]
         return [path for _, path in sorted(found, reverse=True)]
 
     def _newest_name(self) -> str | None:
@@ -218,7 +221,7 @@ class CheckpointStore:
         for path in self._ordered(select, metric, mode):
             try:
                 manifest = verify(path)
-                if manifest.step != int(path.name.split("-")[1]):
+                if manifest.step != parse_step_dir(path.name):
                     raise InvalidCheckpointError(f"the manifest says step {manifest.step}")
             except InvalidCheckpointError as exc:
                 log.warning("checkpoint %s is not usable: %s; falling back to an older one", path.name, exc)

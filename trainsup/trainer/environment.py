@@ -7,6 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from trainsup.contracts import (
+    ENV_ATTEMPT,
+    ENV_CHECKPOINT_DIR,
+    ENV_HEARTBEAT,
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    ENV_RUN_DIR,
+)
+
 
 @dataclass(frozen=True)
 class TrainerEnv:
@@ -37,11 +46,11 @@ class TrainerEnv:
                 return default
 
         return cls(
-            job_id=env.get("TRAINSUP_JOB_ID") or None,
-            job_name=env.get("TRAINSUP_JOB_NAME") or None,
-            attempt=number("TRAINSUP_ATTEMPT", 1),
-            run_dir=path("TRAINSUP_RUN_DIR"),
-            checkpoint_dir=path("TRAINSUP_CHECKPOINT_DIR"),
-            heartbeat_dir=path("TRAINSUP_HEARTBEAT"),
-            rank=number("RANK", 0),
+            job_id=env.get(ENV_JOB_ID) or None,
+            job_name=env.get(ENV_JOB_NAME) or None,
+            attempt=number(ENV_ATTEMPT, 1),
+            run_dir=path(ENV_RUN_DIR),
+            checkpoint_dir=path(ENV_CHECKPOINT_DIR),
+            heartbeat_dir=path(ENV_HEARTBEAT),
+            rank=number("RANK", 0),  # torchrun's
         )

@@ -8,7 +8,8 @@
         ├── EpochOutOfRangeError       the checkpoint is already past the last epoch
         └── LoopUsageError             the session was used in an order it cannot track
 
-Inside ``with session:`` a TrainerError becomes one line on stderr and exit code 1.
+Inside ``with session:`` a TrainerError, or a ``trainsup.batch.BatchError`` (a batch that
+cannot be), becomes one line on stderr, ``exit.json`` with reason "error", and exit code 1.
 """
 
 from __future__ import annotations

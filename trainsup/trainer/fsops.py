@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from trainsup import durable
+
 Writer = Callable[[BinaryIO], None]
 
 
@@ -34,11 +36,7 @@ class FileOps:
             os.close(fd)
 
     def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.fsync_dir(path)
 
     def rename(self, src: Path, dst: Path) -> None:
         """Atomically move `src` to `dst`, replacing a file (never a non-empty directory)."""

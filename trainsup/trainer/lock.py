@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
+from trainsup.contracts import LOCK_FILE, open_lock_file, try_lock, write_owner
 from trainsup.trainer.errors import CheckpointDirLockedError
 
 
 class DirLock:
     def __init__(self, directory: Path) -> None:
-        self.path = directory / ".lock"
+        self.path = directory / LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take `<dir>/.lock` and write our pid in it.
+
+        Raises:
+            CheckpointDirLockedError: another process holds it.
+        """
+        fd = open_lock_file(self.path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            locked = try_lock(fd)
+            if locked:
+                write_owner(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
             os.close(fd)
             raise CheckpointDirLockedError(
                 f"Another run is using the checkpoint directory {self.path.parent} (its lock {self.path} is held)."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            )
         self._fd = fd
 
     def release(self) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from trainsup.contracts import EXIT_FILE, ExitReason, TrainerExit
 from trainsup.durable import write_json_atomic
 from trainsup.trainer.log import get_logger
 
-EXIT_TEMPFAIL = 75
-Reason = Literal["preempted", "oom", "error"]
 _OOM_PHRASES = ("out of memory", "not enough memory")
 
 
@@ -22,14 +20,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(p in str(exc).lower() for p in _OOM_PHRASES)
 
 
-def write_exit_info(run_dir: Path | None, reason: Reason, step: int, detail: str) -> None:
+def write_exit_info(run_dir: Path | None, reason: ExitReason, step: int, detail: str) -> None:
     if run_dir is None:
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "exit.json", {"reason": reason, "step": step, "detail": detail})
+        write_json_atomic(run_dir / EXIT_FILE, TrainerExit(reason, step, detail).to_json())
     except OSError as exc:
-        get_logger().warning("cannot write %s/exit.json: %s", run_dir, exc.strerror)
+        get_logger().warning("cannot write %s/%s: %s", run_dir, EXIT_FILE, exc.strerror)
 
 
 def one_line(exc: BaseException) -> str:

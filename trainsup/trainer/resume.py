@@ -14,13 +14,15 @@ from typing import Any, Literal
 
 import torch
 
+from trainsup.batch import Batch
+from trainsup.contracts import RESUME_FILE, parse_step_dir
 from trainsup.durable import write_json_atomic
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.errors import EpochOutOfRangeError
 from trainsup.trainer.log import get_logger
 from trainsup.trainer.outcome import one_line
 from trainsup.trainer.statefile import STATE_FILE, Components
-from trainsup.trainer.store import Checkpoint, CheckpointStore
+from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
 
 log = get_logger()
 Resume = Literal["latest", "best", "none"]
@@ -37,46 +39,50 @@ class Resumed:
     epoch: int
     position: int
     pending_rng: dict[str, Any]
-    batch: dict[str, int] | None
+    batch: Batch | None  # the batch the checkpoint was written with
 
     def started_from(self, attempt: int) -> dict[str, Any]:
         return {"select": self.select, "checkpoint": self.checkpoint.name, "step": self.checkpoint.step,
                 "attempt": attempt}
 
 
-def check_options(resume: str, best_metric: str | None) -> None:
+def check_resume(resume: str, retention: Retention) -> None:
     if resume not in ("latest", "best", "none"):
-        raise ValueError("resume must be 'latest', 'best' or 'none'")
-    if resume == "best" and not best_metric:
-        raise ValueError("resume='best' needs best_metric")
+        raise ValueError(f"resume must be 'latest', 'best' or 'none', not {resume!r}.")
+    if resume == "best" and not retention.metric:
+        raise ValueError("resume='best' needs Retention(metric=...) to say which checkpoint is best.")
 
 
-def resume_from(store: CheckpointStore, resume: Resume, components: Components, device: torch.device, *,
-                attempt: int, best_metric: str | None, best_mode: str) -> Resumed | None:
-    """Load the checkpoint to start from into `components`; None means start fresh."""
-    existing = store.step_dirs()
+def resume_from(checkpoints: CheckpointDir, resume: Resume, components: Components, device: torch.device, *,
+                attempt: int) -> Resumed | None:
+    """Load the checkpoint to start from into `components`; None means start fresh.
+
+    "best" ranks by the metric and mode of `checkpoints.retention`.
+    """
+    existing = checkpoints.step_dirs()
     if resume == "none":
         for path in existing:
-            store.set_aside(path, "the run was started with resume='none'")
-        log.info("starting fresh in %s (resume='none')", store.root)
+            checkpoints.set_aside(path, "the run was started with resume='none'")
+        log.info("starting fresh in %s (resume='none')", checkpoints.root)
         return None
     select: Select = "best" if resume == "best" else "latest"
     if select == "best" and attempt > 1:
         log.info("attempt %d restarts the run: resuming from the latest checkpoint, not the best", attempt)
         select = "latest"
-    resumed = load_first(store, select, components, device, best_metric, best_mode)
+    resumed = load_first(checkpoints, select, components, device)
     if resumed is None and select == "best" and existing:
-        log.warning("no valid checkpoint records %s; resuming from the latest instead", best_metric)
-        resumed = load_first(store, "latest", components, device, best_metric, best_mode)
+        log.warning("no valid checkpoint records %s; resuming from the latest instead", checkpoints.retention.metric)
+        resumed = load_first(checkpoints, "latest", components, device)
     if resumed is None:
         why = f"none of the {len(existing)} checkpoints is usable" if existing else "no checkpoint yet"
-        log.warning("starting fresh from epoch 0, step 0: %s in %s", why, store.root)
+        log.warning("starting fresh from epoch 0, step 0: %s in %s", why, checkpoints.root)
     return resumed
 
 
-def load_first(store: CheckpointStore, select: Select, components: Components, device: torch.device,
-               best_metric: str | None, best_mode: str) -> Resumed | None:
-    for checkpoint in store.verified(select, best_metric, best_mode):
+def load_first(checkpoints: CheckpointDir, select: Select, components: Components,
+               device: torch.device) -> Resumed | None:
+    retention = checkpoints.retention
+    for checkpoint in checkpoints.verified(select, retention.metric, retention.mode):
         try:
             state = statefile.load(checkpoint.path / STATE_FILE, device)
         except Exception as exc:
@@ -90,23 +96,24 @@ def load_first(store: CheckpointStore, select: Select, components: Components, d
 def apply(components: Components, checkpoint: Checkpoint, state: dict[str, Any], select: Select) -> Resumed:
     statefile.apply(components, state, checkpoint.name)
     progress = state["progress"]
+    batch = Batch.from_dict(state["batch"]) if state.get("batch") else None
     resumed = Resumed(checkpoint, select, progress["step"], progress["epoch"], progress["position"],
-                      {"states": state["rng"], "point": progress["rng_point"]}, state.get("batch"))
+                      {"states": state["rng"], "point": progress["rng_point"]}, batch)
     log.info("resuming from %s: epoch %d, step %d, sample %d of the epoch",
              checkpoint.path, resumed.epoch, resumed.step, resumed.position)
     return resumed
 
 
-def set_aside_newer(store: CheckpointStore, chosen: Checkpoint) -> None:
-    for path in store.step_dirs():
-        if int(path.name.split("-")[1]) > chosen.step:
-            store.set_aside(path, f"the run resumes from the older {chosen.name}")
+def set_aside_newer(checkpoints: CheckpointDir, chosen: Checkpoint) -> None:
+    for path in checkpoints.step_dirs():
+        if (parse_step_dir(path.name) or 0) > chosen.step:
+            checkpoints.set_aside(path, f"the run resumes from the older {chosen.name}")
 
 
 def record(run_dir: Path | None, started_from: dict[str, Any]) -> None:
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "resume.json", started_from)
+        write_json_atomic(run_dir / RESUME_FILE, started_from)
 
 
 def restore_rng(pending: dict[str, Any] | None, point: str) -> dict[str, Any] | None:

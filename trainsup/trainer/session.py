@@ -1,6 +1,6 @@
 """`Session`: the object a training script wraps its loop with.
 
-    with Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir) as session:
+    with Session(model, optimizer, scheduler, saving=Saving(every_steps=500)) as session:
         for epoch in session.epochs(args.epochs):
             for step in session.steps(loader):
                 for x, y in step:
@@ -11,6 +11,8 @@
 The session resumes from the newest valid checkpoint on entry, tells the loop where to
 start (epoch, step, sample inside the epoch), saves when due, writes heartbeats, and
 turns SIGTERM/SIGINT/SIGUSR1 into "checkpoint, then exit 75" at the next step boundary.
+The options come in small frozen objects: `Saving` (when), `Retention` (what stays, and
+which checkpoint is best), `Batch` (the micro-batch and accumulation in force).
 """
 
 from __future__ import annotations
@@ -18,38 +20,41 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
+from trainsup.batch import Batch, BatchError
+from trainsup.contracts import EXIT_PREEMPTED, Phase
 from trainsup.trainer import rng, statefile
-from trainsup.trainer.background import BackgroundSave
-from trainsup.trainer.batching import BatchPlan
+from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
 from trainsup.trainer.environment import TrainerEnv
 from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, TrainerError
 from trainsup.trainer.fsops import FileOps
-from trainsup.trainer.heartbeat import Heartbeat, Phase, SampleRate, max_memory_bytes
+from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
 from trainsup.trainer.log import get_logger
-from trainsup.trainer.outcome import EXIT_TEMPFAIL, is_out_of_memory, one_line, write_exit_info
+from trainsup.trainer.outcome import is_out_of_memory, one_line, write_exit_info
 from trainsup.trainer.resume import (
     Resume,
     Resumed,
     check_epochs,
-    check_options,
+    check_resume,
     record,
     restore_rng,
     resume_from,
     set_aside_newer,
 )
 from trainsup.trainer.sampler import ResumableSampler
+from trainsup.trainer.saving import Saver, Saving
 from trainsup.trainer.stackdump import register_stack_dumps
-from trainsup.trainer.statefile import STATE_FILE, Components
+from trainsup.trainer.statefile import Components
 from trainsup.trainer.step import Step
 from trainsup.trainer.stop import StopSignals
-from trainsup.trainer.store import Checkpoint, CheckpointStore, Retention
 
 log = get_logger()
+# Errors that end the run with one sentence on stderr, exit.json reason "error" and exit 1.
+_ONE_LINE_ERRORS = (TrainerError, BatchError)
 
 
 class Session:
@@ -62,23 +67,26 @@ class Session:
         *,
         extra: dict[str, Any] | None = None,
         checkpoint_dir: str | Path | None = None,
-        save_every_steps: int | None = None,
-        save_every_seconds: float | None = 600.0,
-        save_every_epoch: bool = True,
-        save_on_exit: bool = True,
-        keep_last: int | None = 3,
-        keep_best: int = 0,
-        best_metric: str | None = None,
-        best_mode: Literal["min", "max"] = "min",
+        saving: Saving = Saving(),
+        retention: Retention = Retention(),
         resume: Resume = "latest",
-        batch: BatchPlan | None = None,
-        async_save: bool = False,
+        batch: Batch | None = None,
         device: torch.device | str | None = None,
         ops: FileOps | None = None,
         handle_signals: bool = True,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        check_options(resume, best_metric)
+        """Wrap a training loop; nothing touches the disk before `start()` (or `with`).
+
+        `checkpoint_dir` defaults to `TRAINSUP_CHECKPOINT_DIR`; `resume="best"` ranks by
+        `retention.metric` (first attempt only); `batch` is e.g. `Batch.from_env(64, 2)`;
+        `ops` is the file-system seam of every save; `environ` replaces `os.environ`.
+
+        Raises:
+            ValueError: an option that cannot be.
+            TrainerError: no checkpoint directory is given or set.
+        """
+        check_resume(resume, retention)
         self.env = TrainerEnv.from_environ(environ)
         self.components = Components(model, optimizer, scheduler, scaler, extra if extra is not None else {})
         self.extra = self.components.extra
@@ -86,15 +94,10 @@ class Session:
         if directory is None:
             raise TrainerError("No checkpoint directory: pass checkpoint_dir or run under trainsup (TRAINSUP_CHECKPOINT_DIR).")
         self.checkpoint_dir = Path(directory).absolute()
-        self.store = CheckpointStore(self.checkpoint_dir, ops, Retention(keep_last, keep_best, best_metric, best_mode))
-        self.save_every_steps = save_every_steps
-        self.save_every_seconds = save_every_seconds
-        self.save_every_epoch = save_every_epoch
-        self.save_on_exit = save_on_exit
+        self.checkpoints = CheckpointDir(self.checkpoint_dir, ops, retention)
+        self.saving = saving
         self.resume = resume
-        self.best_metric, self.best_mode = best_metric, best_mode
         self.batch = batch
-        self.async_save = async_save
         self.device = torch.device(device) if device is not None else _device_of(model)
         self.handle_signals = handle_signals
 
@@ -103,35 +106,36 @@ class Session:
         self.position = 0
         self.metrics: dict[str, float] = {}
         self.resumed_from: Checkpoint | None = None
-        self.last_checkpoint: Checkpoint | None = None
+        self.total_steps: int | None = None
 
-        self._heartbeat = Heartbeat(self.env.heartbeat_dir, self.env.rank)
+        self._saver = Saver(self.checkpoints, saving)
+        self._heartbeat = HeartbeatWriter(self.env.heartbeat_dir, self.env.rank)
         self._lock = DirLock(self.checkpoint_dir)
         self._signals = StopSignals()
-        self._background: BackgroundSave[Checkpoint] = BackgroundSave()
         self._started = False
         self._started_from: dict[str, Any] = {"select": "fresh", "attempt": self.env.attempt}
         self._pending_rng: dict[str, Any] | None = None
-        self._saved_batch: dict[str, int] | None = None
+        self._saved_batch: Batch | None = None
         self._iterator_this_epoch = False
         self._consumed = 0
         self._step_open = False
         self._mid_step = False
-        self._dirty = False
-        self._last_save = time.monotonic()
         self._samples_seen = 0
         self._rate = SampleRate()
         self._num_epochs: int | None = None
-        self.total_steps: int | None = None
         self._phase: Phase = "train"
-        self._snapshot_buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint this run saved or resumed from."""
+        return self._saver.last
 
     # -- lifecycle ------------------------------------------------------------
 
     def __enter__(self) -> "Session":
         try:
             return self.start()
-        except TrainerError as exc:
+        except _ONE_LINE_ERRORS as exc:
             self._fail(exc)
             self.close()
             raise SystemExit(1) from None
@@ -139,21 +143,21 @@ class Session:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         try:
             if exc is None:
-                if self.save_on_exit and self._dirty:
+                if self.saving.on_exit and self._saver.dirty:
                     self.save(wait=True)
-                self._wait_background(raise_errors=True)
+                self._saver.settle(raise_errors=True)
             elif isinstance(exc, SystemExit):
-                self._wait_background()
-            elif isinstance(exc, TrainerError):
-                self._wait_background()
+                self._saver.settle()
+            elif isinstance(exc, _ONE_LINE_ERRORS):
+                self._saver.settle()
                 self._fail(exc)
                 raise SystemExit(1) from None
             else:
-                self._wait_background()
+                self._saver.settle()
                 reason = "oom" if is_out_of_memory(exc) else "error"
                 write_exit_info(self.env.run_dir, reason, self.step, one_line(exc))
                 log.error("%s at step %d: %s", "out of memory" if reason == "oom" else "error", self.step, one_line(exc))
-        except TrainerError as error:
+        except _ONE_LINE_ERRORS as error:
             self._fail(error)
             raise SystemExit(1) from None
         finally:
@@ -172,36 +176,35 @@ class Session:
             register_stack_dumps()
             if self.handle_signals:
                 self._signals.install()
-            self.store.prepare()
+            self.checkpoints.prepare()
             self._resume()
         except BaseException:
             self.close()
             raise
-        self._last_save = time.monotonic()
+        self._saver.restart_clock()
         self._beat("start", force=True)
         return self
 
     def close(self) -> None:
         if not self._started:
             return
-        self._wait_background()
+        self._saver.settle()
         self._signals.restore()
         self._lock.release()
         self._started = False
 
-    def _fail(self, exc: TrainerError) -> None:
+    def _fail(self, exc: Exception) -> None:
         write_exit_info(self.env.run_dir, "error", self.step, str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
 
     # -- resuming -------------------------------------------------------------
 
     def _resume(self) -> None:
-        resumed = resume_from(self.store, self.resume, self.components, self.device, attempt=self.env.attempt,
-                              best_metric=self.best_metric, best_mode=self.best_mode)
+        resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt)
         if resumed is None:
             return
         self._apply(resumed)
-        set_aside_newer(self.store, resumed.checkpoint)
+        set_aside_newer(self.checkpoints, resumed.checkpoint)
         self._started_from = resumed.started_from(self.env.attempt)
         record(self.env.run_dir, self._started_from)
 
@@ -211,7 +214,7 @@ class Session:
         self._pending_rng = resumed.pending_rng
         self._saved_batch = resumed.batch
         self.metrics.update(resumed.checkpoint.manifest.metrics)
-        self.resumed_from = self.last_checkpoint = resumed.checkpoint
+        self.resumed_from = self._saver.last = resumed.checkpoint
 
     # -- the loop -------------------------------------------------------------
 
@@ -226,8 +229,8 @@ class Session:
             self.epoch += 1
             self.position = self._consumed = 0
             self._iterator_this_epoch = False
-            self._dirty = True
-            self._boundary(periodic_save=self.save_every_epoch)
+            self._saver.dirty = True
+            self._boundary(periodic_save=self.saving.every_epoch)
 
     def steps(self, loader: Any, grad_accum: int | None = None) -> Iterator["Step"]:
         """The optimizer steps left in this epoch, each a group of micro-batches.
@@ -242,7 +245,7 @@ class Session:
                 "session.steps() needs a DataLoader with batch_size and a trainsup.trainer.ResumableSampler as sampler."
             )
         accum = grad_accum or (self.batch.grad_accum if self.batch else 1)
-        self._set_batch(BatchPlan(loader.batch_size, accum))
+        self._set_batch(Batch(loader.batch_size, accum))
         micro = loader.batch_size
         sampler.set_epoch(self.epoch)
         sampler.set_start(min(self.position, sampler.num_samples))
@@ -279,12 +282,9 @@ class Session:
         self.step += 1
         self.position = self._consumed
         self._step_open = self._mid_step = False
-        self._dirty = True
+        self._saver.dirty = True
         self.report(**metrics)
-        due = bool(self.save_every_steps and self.step % self.save_every_steps == 0) or bool(
-            self.save_every_seconds is not None and time.monotonic() - self._last_save >= self.save_every_seconds
-        )
-        self._boundary(periodic_save=due)
+        self._boundary(periodic_save=self._saver.due_after_step(self.step))
 
     def report(self, **metrics: Any) -> None:
         """Record metrics for heartbeats and the next checkpoint's manifest."""
@@ -314,19 +314,20 @@ class Session:
             except CheckpointSaveError as exc:
                 log.error("%s Training continues; the next save will try again.", exc)
 
-    def _set_batch(self, plan: BatchPlan) -> None:
+    def _set_batch(self, batch: Batch) -> None:
         saved = self._saved_batch
-        if saved and (saved["micro"], saved["grad_accum"]) != (plan.micro, plan.grad_accum):
+        if saved and saved != batch:
             log.info("micro-batch %d x %d accumulation (checkpoint) is now %d x %d; continuing at sample %d of epoch %d",
-                     saved["micro"], saved["grad_accum"], plan.micro, plan.grad_accum, self.position, self.epoch)
+                     saved.micro, saved.grad_accum, batch.micro, batch.grad_accum, self.position, self.epoch)
             self._saved_batch = None
-        self.batch = plan
+        self.batch = batch
 
     # -- saving ---------------------------------------------------------------
 
     def save(self, *, wait: bool = False) -> Checkpoint | None:
-        """Checkpoint now. With async_save (and not `wait`) this only snapshots the
-        state to CPU memory and returns None; the save becomes durable in the background.
+        """Checkpoint now. With `Saving(in_background=True)` (and not `wait`) this only
+        snapshots the state to CPU memory and returns None; the save becomes durable in
+        the background.
 
         Raises:
             CheckpointSaveError: the save failed; the previous checkpoint is intact.
@@ -334,28 +335,12 @@ class Session:
         self._require_started()
         if self._mid_step:
             raise LoopUsageError("Save at a step boundary (after step_done), not between the micro-batches of a step.")
-        self._wait_background()
+        self._saver.settle()
         self._beat("checkpoint", force=True)
-        step = self.step
-        state = self._collect()
-        meta = self._meta()
-        self._dirty = False
-        self._last_save = time.monotonic()
-        if self.async_save and not wait:
-            state = statefile.snapshot(state, self._snapshot_buffers)
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.synchronize()  # the non-blocking copies to pinned memory
-            self._background.start(lambda: self._persist(step, state, meta))
-            self._beat(self._phase, force=True)
-            return None
         try:
-            checkpoint = self._persist(step, state, meta)
-        except CheckpointSaveError:
-            self._dirty = True
-            raise
+            return self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
         finally:
             self._beat(self._phase, force=True)
-        return checkpoint
 
     def wait_for_save(self) -> Checkpoint | None:
         """Block until a background save is durable; return it (None if none was in flight).
@@ -363,19 +348,7 @@ class Session:
         Raises:
             CheckpointSaveError: the background save failed.
         """
-        try:
-            return self._background.wait()
-        except CheckpointSaveError:
-            self._dirty = True
-            raise
-
-    def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
-        started = time.monotonic()
-        checkpoint = self.store.save(step, {STATE_FILE: lambda file: torch.save(state, file)}, meta)
-        size = sum(d.size for d in checkpoint.manifest.files.values())
-        log.info("saved checkpoint %s (%.1f MB in %.2f s)", checkpoint.name, size / 1e6, time.monotonic() - started)
-        self.last_checkpoint = checkpoint
-        return checkpoint
+        return self._saver.wait()
 
     def _collect(self) -> dict[str, Any]:
         state = statefile.collect(self.components)
@@ -400,23 +373,15 @@ class Session:
             "job": {"id": self.env.job_id, "name": self.env.job_name, "attempt": self.env.attempt},
         }
 
-    def _wait_background(self, raise_errors: bool = False) -> None:
-        try:
-            self.wait_for_save()
-        except CheckpointSaveError as exc:
-            if raise_errors:
-                raise
-            log.error("%s Training continues; the next save will try again.", exc)
-
     def _preempt(self) -> None:
         name = self._signals.requested
-        self._wait_background()
-        if self._dirty or self.last_checkpoint is None:
+        self._saver.settle()
+        if self._saver.dirty or self.last_checkpoint is None:
             self.save(wait=True)
         where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
         write_exit_info(self.env.run_dir, "preempted", self.step, f"{name}: checkpoint {where} saved")
         log.info("stopping on %s after checkpoint %s; exit code 75 asks to be resumed", name, where)
-        raise SystemExit(EXIT_TEMPFAIL)
+        raise SystemExit(EXIT_PREEMPTED)
 
     # -- heartbeats -----------------------------------------------------------
 
