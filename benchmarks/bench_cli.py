@@ -49,15 +49,16 @@ def populate(home: Path, jobs: int, seed: int = 0) -> list[str]:
         for i in range(jobs):
             job_id = f"{i:08x}"
             ids.append(job_id)
-            resolved = resolve(spec, spec_path, state, job_id).model_dump(mode="json", by_alias=True)
+            resolved = resolve(spec, spec_path, state, job_id)
             name = f"run-{i % 97}-{rng.choice(['mlp', 'resnet', 'gpt', 'vit'])}"
             job_state = JobState(rng.choice(STATES))
             submitted = now + i * 600.0
             store.insert_job(Job(
                 id=job_id, name=name, state=job_state, state_since=submitted + 500, submitted_at=submitted,
-                spec=resolved, spec_text=text, spec_path=str(spec_path), environment=environment,
-                checkpoint_dir=resolved["checkpoint_dir"], next_start_at=None, stop_requested=None,
-                batch=None, result=None if not job_state.is_terminal else f"{job_state}: benchmark row",
+                spec_json=resolved.model_dump_json(by_alias=True), spec_text=text, spec_path=str(spec_path),
+                environment=environment, checkpoint_dir=str(resolved.checkpoint_dir), next_start_at=None,
+                stop_requested=None, batch=None,
+                result=None if not job_state.is_terminal else f"{job_state}: benchmark row",
             ))
             store.add_event(job_id, "submitted", f"submitted from {spec_path}", submitted)
             attempts = 0 if job_state in (JobState.QUEUED, JobState.HELD) else rng.randint(1, 3)
@@ -76,7 +77,7 @@ def populate(home: Path, jobs: int, seed: int = 0) -> list[str]:
                                      job_pid=20000 + n, ended_at=started + 90,
                                      exit_code=0 if reason is EndReason.SUCCEEDED else 1, reason=reason,
                                      detail="exited 0" if reason is EndReason.SUCCEEDED else "exited 1",
-                                     checkpoint_after=f"{resolved['checkpoint_dir']}/step-{n * 1000:09d}")
+                                     checkpoint_after=f"{resolved.checkpoint_dir}/step-{n * 1000:09d}")
                 store.add_event(job_id, "attempt_started", f"attempt {n} starting", started)
                 store.add_event(job_id, "attempt_running", f"attempt {n} running as pid {20000 + n}", started)
                 store.add_event(job_id, "attempt_ended", f"attempt {n} ended: exited 1 → {reason}", started + 90)

@@ -149,11 +149,14 @@ def test_thirty_daemon_kills_during_a_stream_of_jobs(cli: Cli, daemon: DaemonPro
 DIE_BEFORE_SPAWN = textwrap.dedent("""
     import os
     from trainsup.paths import StateDir
-    from trainsup.supervisor import attempts
     from trainsup.supervisor.daemon import Daemon
+    from trainsup.supervisor.launcher import ProcessLauncher
 
-    attempts.start_monitor = lambda *args, **kwargs: os._exit(137)
-    Daemon(StateDir.from_env()).run()
+    class DieBeforeSpawn(ProcessLauncher):
+        def start(self, plan):
+            os._exit(137)
+
+    Daemon(StateDir.from_env(), launcher=DieBeforeSpawn()).run()
 """)
 
 
@@ -175,17 +178,15 @@ def test_daemon_death_before_spawn_is_not_a_failure(cli: Cli, daemon: DaemonProc
 DIE_AFTER_SPAWN = textwrap.dedent("""
     import os
     from trainsup.paths import StateDir
-    from trainsup.supervisor import attempts
     from trainsup.supervisor.daemon import Daemon
+    from trainsup.supervisor.launcher import ProcessLauncher
 
-    real_start_monitor = attempts.start_monitor
+    class DieAfterSpawn(ProcessLauncher):
+        def start(self, plan):
+            super().start(plan)
+            os._exit(137)
 
-    def start_then_die(*args, **kwargs):
-        real_start_monitor(*args, **kwargs)
-        os._exit(137)
-
-    attempts.start_monitor = start_then_die
-    Daemon(StateDir.from_env()).run()
+    Daemon(StateDir.from_env(), launcher=DieAfterSpawn()).run()
 """)
 
 

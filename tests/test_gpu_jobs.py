@@ -36,9 +36,9 @@ def test_cuda_oom_backs_off_micro_batch_until_it_fits(cli: Cli, daemon: DaemonPr
     attempts = final["attempts"]
     assert [a["reason"] for a in attempts] == ["cuda_oom", "cuda_oom", "succeeded"]
     assert [a["batch"] for a in attempts] == [
-        {"global": 256, "micro": 64, "accum": 4},
-        {"global": 256, "micro": 32, "accum": 8},
-        {"global": 256, "micro": 16, "accum": 16},
+        {"global": 256, "micro": 64, "grad_accum": 4},
+        {"global": 256, "micro": 32, "grad_accum": 8},
+        {"global": 256, "micro": 16, "grad_accum": 16},
     ]
     logs = cli.run("logs", job).stdout
     assert "micro 16 accum 16 global 256 gpu GPU-sim-0" in logs

@@ -258,10 +258,10 @@ def test_bad_heartbeat(body: str, field: str) -> None:
 
 
 def test_every_valid_heartbeat_makes_a_hang_policy() -> None:
-    from trainsup.supervisor.hangs import hang_policy
+    from trainsup.supervisor.hang_policy import HangPolicy
 
     job = parse_spec("name: j\ncommand: x\nheartbeat: {timeout: 1ms, first_timeout: 1ms, checkpoint_timeout: 1ms, min_timeout: 1ms, safety_factor: 1.01}\n", "job.yaml")
-    hang_policy(job.model_dump(mode="json"))
+    HangPolicy.of(job.heartbeat)
 
 
 @pytest.mark.parametrize("value", ["resume", "hold"])

@@ -71,7 +71,6 @@ class Attempts:
             log_path=self.state.attempt_log(job.id, number),
             batch_env=batch.to_env() if batch else {},
             gpu_env=gpu_env(gpu_uuids) if gpu_uuids else {},
-            cgroup=self._make_cgroup(job, number),
         )
         attempt = Attempt(
             job_id=job.id, number=number, run_dir=str(plan.run_dir), log_path=str(plan.log_path),
@@ -121,14 +120,6 @@ class Attempts:
         batch = Batch.of_global(wanted.global_, min(wanted.micro, remembered or wanted.micro))
         self.store.update_job(job.id, batch=batch)
         return batch
-
-    def _make_cgroup(self, job: Job, number: int) -> str | None:
-        try:
-            path = cgroup.create_job_cgroup(f"trainsup-{job.id}-{number}", job.spec.memory_limit)
-        except cgroup.CgroupError as exc:
-            log.warning("no cgroup for the attempt", job=job.id, error=str(exc))
-            return None
-        return str(path) if path else None
 
     # --- observe -----------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import structlog
+
 from trainsup.contracts import (
     ENV_ATTEMPT,
     ENV_CHECKPOINT_DIR,
@@ -33,7 +35,9 @@ from trainsup.contracts import (
 )
 from trainsup.durable import write_json_atomic
 from trainsup.jobs.store import Job
-from trainsup.supervisor import host
+from trainsup.supervisor import cgroup, host
+
+log = structlog.get_logger("trainsup.launcher")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ORPHAN_KILL_WAIT_S = 5.0
@@ -49,7 +53,6 @@ class LaunchPlan:
     log_path: Path
     batch_env: dict[str, str]
     gpu_env: dict[str, str]
-    cgroup: str | None = None
 
     @property
     def heartbeat_dir(self) -> Path:
@@ -117,7 +120,7 @@ def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
     return env
 
 
-def write_launch_file(plan: LaunchPlan) -> None:
+def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None:
     """Create the run dir and the `launch.json` the monitor reads."""
     plan.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     plan.heartbeat_dir.mkdir(mode=0o700, exist_ok=True)
@@ -132,7 +135,7 @@ def write_launch_file(plan: LaunchPlan) -> None:
             "log_path": str(plan.log_path),
             "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_FILE),
             "grace_period": spec.grace_period,
-            "cgroup": plan.cgroup,
+            "cgroup": str(cgroup_path) if cgroup_path else None,
         },
     )
 
@@ -141,7 +144,7 @@ class ProcessLauncher:
     """Real monitor processes (`python -m trainsup.supervisor.monitor RUN_DIR`)."""
 
     def start(self, plan: LaunchPlan) -> MonitorHandle:
-        write_launch_file(plan)
+        write_launch_file(plan, _make_cgroup(plan))
         monitor_log = open(plan.run_dir / MONITOR_LOG, "ab")
         # Blocked here, inherited blocked: a stop request that arrives before the monitor
         # has its handlers waits for them instead of killing it mid-start.
@@ -194,3 +197,12 @@ class ProcessLauncher:
         deadline = time.monotonic() + ORPHAN_KILL_WAIT_S
         while host.create_time(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _make_cgroup(plan: LaunchPlan) -> Path | None:
+    """A memory cgroup for the attempt (host OOM detection, `memory_limit`), where we can make one."""
+    try:
+        return cgroup.create_job_cgroup(f"trainsup-{plan.job.id}-{plan.number}", plan.job.spec.memory_limit)
+    except cgroup.CgroupError as exc:
+        log.warning("no cgroup for the attempt", job=plan.job.id, error=str(exc))
+        return None
