@@ -137,6 +137,16 @@ def test_the_daemon_refuses_a_newer_database_and_leaves_it_untouched(tmp_path: P
     assert not list(path.parent.glob("trainsup.db?*")), "no WAL, journal or backup beside it"
 
 
+def test_doctor_reports_an_out_of_date_database_as_a_failed_check(tmp_path: Path):
+    env, path, content = newer_state_dir(tmp_path)
+    result = Cli(env).run("doctor", "--json", check=False)
+    assert result.returncode == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["database"]["ok"] is False
+    assert checks["database"]["detail"] == sentence_for_newer(path).removeprefix("trainsup: ")
+    assert path.read_bytes() == content
+
+
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["show", "anything"], ["logs", "anything"]])
 def test_the_cli_says_which_side_is_out_of_date(tmp_path: Path, command: list[str]):
     env, path, content = newer_state_dir(tmp_path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from trainsup.errors import TrainsupError
+from trainsup.errors import DatabaseVersionError, TrainsupError
 from trainsup.paths import StateDir
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -228,9 +228,12 @@ def doctor(as_json: bool) -> None:
     from trainsup.commands.common import open_store
 
     state = _state()
-    store = open_store(state)
+    try:
+        store, database = open_store(state), None
+    except DatabaseVersionError as exc:  # doctor reports it as a failed check instead of stopping
+        store, database = None, doctor_module.Check("database", False, str(exc))
     checkpoint_dirs = sorted({Path(j.checkpoint_dir) for j in store.jobs() if not j.state.is_terminal}) if store else []
-    checks = doctor_module.run_checks(state, checkpoint_dirs)
+    checks = doctor_module.run_checks(state, checkpoint_dirs) + ([database] if database else [])
     if as_json:
         _print_json([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
     else:

@@ -21,7 +21,7 @@ import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 # --- exit codes ----------------------------------------------------------------
 
@@ -145,7 +145,7 @@ def read_trainer_exit(run_dir: Path) -> TrainerExit | None:
 # --- heartbeats ----------------------------------------------------------------
 
 Phase = Literal["start", "train", "eval", "checkpoint"]
-PHASES: tuple[str, ...] = ("start", "train", "eval", "checkpoint")
+PHASES: tuple[str, ...] = get_args(Phase)
 _HEARTBEAT_FILE = re.compile(r"rank-(\d+)\.json")
 
 
