@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fakes import World
+from jobs.step_checkpoint import commit as commit_checkpoint
 from trainsup.batch import Batch
 from trainsup.contracts import EXIT_PREEMPTED, TrainerExit
 from trainsup.jobs.states import EndReason, JobState
@@ -188,7 +189,8 @@ def test_a_progressing_job_is_not_a_crash_loop(world: World) -> None:
         plan = world.start(job_id)
         world.job_started(plan)
         world.poll()
-        (checkpoints / f"step-{step:09d}").mkdir(parents=True)
+        checkpoints.mkdir(exist_ok=True)
+        commit_checkpoint(checkpoints, step)
         world.job_ended(plan, signal=int(signal.SIGKILL))
         world.poll()
         assert world.job(job_id).state is JobState.BACKOFF
@@ -205,3 +207,18 @@ def test_a_job_without_progress_is_a_crash_loop(world: World) -> None:
             world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
     job = world.job(job_id)
     assert job.state is JobState.FAILED and job.result.startswith("crash loop")
+
+
+def test_a_checkpoint_with_a_truncated_file_is_not_progress(world: World) -> None:
+    """The daemon names the newest checkpoint whose manifest and file sizes agree."""
+    job_id = world.submit(restart={"jitter": 0})
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    checkpoints.mkdir(parents=True)
+    commit_checkpoint(checkpoints, 10)
+    plan = world.start(job_id)
+    assert last_attempt(world, job_id).checkpoint_before == "step-000000010"
+    commit_checkpoint(checkpoints, 20)
+    (checkpoints / "step-000000020" / "state").write_text("")  # cut short by a power loss
+    world.job_ended(plan, exit_code=1)
+    world.poll()
+    assert last_attempt(world, job_id).checkpoint_after == "step-000000010"

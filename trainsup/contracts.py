@@ -16,12 +16,13 @@ import fcntl
 import json
 import math
 import os
-import re
 import signal
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
+
+# The records are NamedTuples and names are parsed without `re`: the attempt monitor
+# imports this module on every restart, and dataclasses + re cost it ~15 ms to start.
 
 # --- exit codes ----------------------------------------------------------------
 
@@ -64,8 +65,7 @@ MONITOR_LOG = "monitor.log"  # the monitor's own stderr
 ExitReason = Literal["preempted", "oom", "error"]
 
 
-@dataclass(frozen=True)
-class EndedRecord:
+class EndedRecord(NamedTuple):
     """`ended.json`: what the monitor saw when the job's main process ended."""
 
     exit_code: int | None = None
@@ -77,7 +77,7 @@ class EndedRecord:
     killed_after_grace: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, payload: Any) -> "EndedRecord | None":
@@ -94,8 +94,7 @@ class EndedRecord:
         )
 
 
-@dataclass(frozen=True)
-class TrainerExit:
+class TrainerExit(NamedTuple):
     """`exit.json`: the training process said why it is exiting."""
 
     reason: str  # one of ExitReason; other values are kept but mean nothing to the daemon
@@ -103,7 +102,7 @@ class TrainerExit:
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, payload: Any) -> "TrainerExit | None":
@@ -146,11 +145,9 @@ def read_trainer_exit(run_dir: Path) -> TrainerExit | None:
 
 Phase = Literal["start", "train", "eval", "checkpoint"]
 PHASES: tuple[str, ...] = get_args(Phase)
-_HEARTBEAT_FILE = re.compile(r"rank-(\d+)\.json")
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     """One rank's latest sign of life. `time` is the wall clock: the reader is another process.
 
     On disk (`rank-<rank>.json`, replaced at most 4 times a second, never fsync'd)::
@@ -171,7 +168,7 @@ class Heartbeat:
     total_steps: int | None = None  # the run's length, for the ETA in `trainsup status`
 
     def to_json(self) -> dict[str, Any]:
-        payload = asdict(self)
+        payload = self._asdict()
         del payload["rank"]
         return payload
 
@@ -205,10 +202,10 @@ def read_heartbeats(directory: Path) -> list[Heartbeat]:
         return []
     beats = []
     for name in names:
-        match = _HEARTBEAT_FILE.fullmatch(name)
-        if match is None:
+        rank = name[len("rank-"):-len(".json")]
+        if not (name.startswith("rank-") and name.endswith(".json") and rank.isdigit() and rank.isascii()):
             continue
-        beat = _parse_heartbeat(int(match.group(1)), read_json(directory / name))
+        beat = _parse_heartbeat(int(rank), read_json(directory / name))
         if beat is not None:
             beats.append(beat)
     return sorted(beats, key=lambda b: b.rank)
@@ -240,7 +237,6 @@ def _parse_heartbeat(rank: int, payload: Any) -> Heartbeat | None:
 
 LOCK_FILE = ".lock"  # held by the attempt (monitor and job) or a standalone trainer run
 STEP_DIR_PREFIX = "step-"
-_STEP_DIR = re.compile(r"step-(\d{9,})")
 
 
 def step_dir_name(step: int) -> str:
@@ -250,18 +246,10 @@ def step_dir_name(step: int) -> str:
 
 def parse_step_dir(name: str) -> int | None:
     """The step of a trainer checkpoint dir name, None for any other name."""
-    match = _STEP_DIR.fullmatch(name)
-    return int(match.group(1)) if match else None
-
-
-def newest_step_dir(checkpoint_dir: Path) -> str | None:
-    """The name of the newest `step-…` entry by step (not verified: the trainer verifies)."""
-    try:
-        names = os.listdir(checkpoint_dir)
-    except (FileNotFoundError, NotADirectoryError):
+    digits = name[len(STEP_DIR_PREFIX):]
+    if not (name.startswith(STEP_DIR_PREFIX) and len(digits) >= 9 and digits.isdigit() and digits.isascii()):
         return None
-    steps = [(step, name) for name in names if (step := parse_step_dir(name)) is not None]
-    return max(steps)[1] if steps else None
+    return int(digits)
 
 
 # --- exclusive locks (flock) -------------------------------------------------------

@@ -1,10 +1,12 @@
-"""A stdlib-only job: counts to --steps, checkpointing progress as step-N dirs."""
+"""A job without torch: counts to --steps, committing each step as a checkpoint in the trainer's layout."""
 
 import argparse
 import os
 import sys
 import time
 from pathlib import Path
+
+import step_checkpoint
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20)
@@ -14,11 +16,11 @@ args = parser.parse_args()
 
 checkpoints = Path(os.environ.get("TRAINSUP_CHECKPOINT_DIR", "checkpoints"))
 checkpoints.mkdir(parents=True, exist_ok=True)
-done = max((int(p.name.split("-")[1]) for p in checkpoints.glob("step-*")), default=0)
+done = step_checkpoint.newest_step(checkpoints)
 print(f"attempt {os.environ.get('TRAINSUP_ATTEMPT')} starting at step {done} pid {os.getpid()}", flush=True)
 for step in range(done + 1, args.steps + 1):
     time.sleep(args.interval)
-    (checkpoints / f"step-{step:09d}").mkdir()
+    step_checkpoint.commit(checkpoints, step)
     print(f"step {step}", flush=True)
     if args.exit_code_at == step and os.environ.get("TRAINSUP_ATTEMPT") == "1":
         print("preempting", flush=True)

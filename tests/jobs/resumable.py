@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import step_checkpoint
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--interval", type=float, default=0.1)
@@ -73,11 +75,11 @@ if args.print_env:
 
 checkpoints = Path(os.environ.get("TRAINSUP_CHECKPOINT_DIR", "checkpoints"))
 checkpoints.mkdir(parents=True, exist_ok=True)
-done = max((int(p.name.split("-")[1]) for p in checkpoints.glob("step-*")), default=0)
+done = step_checkpoint.newest_step(checkpoints)
 print(f"attempt {attempt} starting at step {done} pid {os.getpid()}", flush=True)
 for step in range(done + 1, args.steps + 1):
     time.sleep(args.interval)
-    (checkpoints / f"step-{step:09d}").mkdir(exist_ok=True)
+    step_checkpoint.commit(checkpoints, step)
     print(f"step {step}", flush=True)
     if stop:
         print(f"checkpointed at step {step}", flush=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.commands.table import format_table
-from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, newest_step_dir, read_heartbeats
+from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, read_heartbeats
+from trainsup.manifest import newest_intact
 from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
 from trainsup.units import format_duration
@@ -60,7 +61,7 @@ def _last_checkpoint(row) -> dict | None:
     """The newest checkpoint: looked up on disk for unfinished jobs, as recorded otherwise."""
     name, at = row["checkpoint_after"], None
     if not JobState(row["state"]).is_terminal:
-        name = newest_step_dir(Path(row["checkpoint_dir"])) or row["checkpoint_before"]
+        name = newest_intact(Path(row["checkpoint_dir"])) or row["checkpoint_before"]
     if name is None:
         return None
     try:

@@ -17,7 +17,8 @@ from pathlib import Path
 import structlog
 
 from trainsup.batch import Batch
-from trainsup.contracts import STARTED_FILE, EndedRecord, newest_step_dir, read_ended, read_json
+from trainsup.contracts import STARTED_FILE, EndedRecord, read_ended, read_json
+from trainsup.manifest import newest_intact
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Attempt, HeartbeatCalibration, Job, Store
 from trainsup.paths import StateDir
@@ -76,7 +77,7 @@ class Attempts:
             job_id=job.id, number=number, run_dir=str(plan.run_dir), log_path=str(plan.log_path),
             boot_id=self.boot_id, started_at=now, monitor_pid=None, monitor_started=None,
             job_pid=None, ended_at=None, exit_code=None, signal=None, reason=None, detail=None,
-            checkpoint_before=newest_step_dir(Path(job.checkpoint_dir)), checkpoint_after=None,
+            checkpoint_before=newest_intact(Path(job.checkpoint_dir)), checkpoint_after=None,
             batch=batch, peak_gpu_memory=None, gpu_uuids=gpu_uuids or None,
         )
         with self.store.transaction():

@@ -19,11 +19,11 @@ from trainsup.contracts import (
     EndedRecord,
     TrainerExit,
     describe_exit,
-    newest_step_dir,
     read_json,
     read_trainer_exit,
 )
 from trainsup.jobs.store import Attempt, Job
+from trainsup.manifest import newest_intact
 from trainsup.supervisor import cgroup
 
 LOG_TAIL_BYTES = 16384
@@ -82,7 +82,7 @@ def observe(
         log_tail=_tail(Path(attempt.log_path), LOG_TAIL_BYTES),
         hang_verdict=attempt.hang_verdict,
         job_pid=attempt.job_pid or started.get("job_pid"),
-        checkpoint=newest_step_dir(Path(job.checkpoint_dir)),
+        checkpoint=newest_intact(Path(job.checkpoint_dir)),
         cgroup=cgroup_path,
     )
     if ended is not None:
@@ -102,7 +102,7 @@ def observe(
 def spawn_failure(job: Job, error: str, now: float) -> Observation:
     """The monitor process itself could not be started."""
     return Observation(ended_at=now, spawn_error=error, stop_requested=job.stop_requested,
-                       checkpoint=newest_step_dir(Path(job.checkpoint_dir)))
+                       checkpoint=newest_intact(Path(job.checkpoint_dir)))
 
 
 def _last_sign_of_life(attempt: Attempt) -> float:

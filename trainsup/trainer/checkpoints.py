@@ -25,7 +25,7 @@ from trainsup.contracts import parse_step_dir, step_dir_name
 from trainsup.trainer.errors import CheckpointSaveError
 from trainsup.trainer.fsops import FileOps, Writer
 from trainsup.trainer.log import get_logger
-from trainsup.trainer.manifest import (
+from trainsup.manifest import (
     MANIFEST_NAME,
     FileDigest,
     HashingWriter,
