@@ -195,7 +195,7 @@ class Payload:
 
 
 def test_malicious_pickle_with_a_valid_manifest_is_refused(tmp_path: Path, trainer_log: Any) -> None:
-    from trainsup.trainer.manifest import digest_file, read_manifest
+    from trainsup.manifest import digest_file, read_manifest
 
     marker = tmp_path / "pwned"
     evil = io.BytesIO()
