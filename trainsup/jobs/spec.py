@@ -23,6 +23,19 @@ from trainsup.units import parse_duration, parse_size
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(allow_inf_nan=False)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
+
+
+def _signal_name(value: Any) -> Any:
+    """`SIGINT`, `sigint` or `INT` → `SIGINT`."""
+    if isinstance(value, str):
+        name = value.strip().upper()
+        return name if name.startswith("SIG") else f"SIG{name}"
+    return value
+
+
+StopSignal = Annotated[Literal[STOP_SIGNALS], BeforeValidator(_signal_name)]
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
@@ -111,6 +124,7 @@ class JobSpec(_Strict):
     checkpoint_dir: Path | None = None
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     grace_period: Duration = 30.0
+    stop_signal: StopSignal = "SIGTERM"  # sent to the job's main process when trainsup stops it
     gpus: int = Field(default=0, ge=0)
     min_free_memory: Size | None = None
     memory_limit: Size | None = None  # host memory; enforced by a cgroup where we can make one

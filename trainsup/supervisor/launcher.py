@@ -135,6 +135,7 @@ def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None
             "log_path": str(plan.log_path),
             "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_FILE),
             "grace_period": spec.grace_period,
+            "stop_signal": spec.stop_signal,
             "cgroup": str(cgroup_path) if cgroup_path else None,
         },
     )

@@ -8,9 +8,10 @@ descendant escapes, and when the job ends it reaps every descendant and writes
 
     python -m trainsup.supervisor.monitor RUN_DIR
 
-RUN_DIR/launch.json holds: command, cwd, env, log_path, lock_path, grace_period.
-SIGTERM to the monitor = stop the job: SIGTERM to its process group, SIGKILL to
-every descendant after the grace period.
+RUN_DIR/launch.json holds: command, cwd, env, log_path, lock_path, grace_period,
+stop_signal, cgroup. SIGTERM to the monitor = stop the job: its `stop_signal` to the
+job's main process only (its children, e.g. DataLoader workers or torchrun's workers,
+are its business), SIGKILL to the whole tree after the grace period.
 """
 
 from __future__ import annotations
@@ -121,16 +122,16 @@ class AttemptMonitor:
 
     def _wait(self, job: subprocess.Popen) -> int:
         """Wait for the job's main process; handle stop requests meanwhile."""
-        sent_term = False
+        sent_stop = False
         kill_deadline: float | None = None
         while True:
             status = self._reap_children(job.pid)
             if status is not None:
                 job.returncode = 0  # reaped here; keep Popen from waiting again
                 return status
-            if self.stop_requested_at is not None and not sent_term:
-                sent_term = True
-                _signal_group(job.pid, signal.SIGTERM)
+            if self.stop_requested_at is not None and not sent_stop:
+                sent_stop = True
+                _signal_process(job.pid, signal.Signals[self.launch.get("stop_signal") or "SIGTERM"])
                 kill_deadline = self.stop_requested_at + float(self.launch["grace_period"])
             if kill_deadline is not None and time.monotonic() >= kill_deadline and not self.killed_after_grace:
                 self.killed_after_grace = True
@@ -201,6 +202,13 @@ def _join_cgroup(cgroup: str | None) -> None:
             handle.write(str(os.getpid()))
     except OSError as exc:
         print(f"trainsup monitor: cannot join cgroup {cgroup}: {exc}", file=sys.stderr)
+
+
+def _signal_process(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pgid: int, signum: int) -> None:
