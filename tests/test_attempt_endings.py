@@ -6,15 +6,17 @@ no process is started.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
 import pytest
 
-from fakes import World
+from fakes import T0, World
 from jobs.step_checkpoint import commit as commit_checkpoint
 from trainsup.batch import Batch
-from trainsup.contracts import EXIT_PREEMPTED, TrainerExit
+from trainsup.contracts import EXIT_PREEMPTED, RESUME_FILE, TrainerExit
+from trainsup.durable import write_json_atomic
 from trainsup.jobs.states import EndReason, JobState
 from trainsup.supervisor.launcher import attempt_environment
 
@@ -222,3 +224,132 @@ def test_a_checkpoint_with_a_truncated_file_is_not_progress(world: World) -> Non
     world.job_ended(plan, exit_code=1)
     world.poll()
     assert last_attempt(world, job_id).checkpoint_after == "step-000000010"
+
+
+# --- issue 10: stops, resume arguments, progress in any layout, quarantine -------------------
+
+
+def stop_for_shutdown(world: World, job_id: str) -> None:
+    job = world.job(job_id)
+    world.store.set_state(job_id, job.state, JobState.STOPPING, world.clock.time(), "daemon_stopping", "test",
+                          stop_requested="shutdown")
+
+
+def test_exit_0_after_our_stop_is_interrupted_and_requeued(world: World) -> None:
+    job_id = world.submit()
+    plan = world.start(job_id)
+    world.job_started(plan)
+    world.poll()
+    stop_for_shutdown(world, job_id)
+    world.job_ended(plan, exit_code=0, stop_requested=True)  # Lightning on SIGTERM
+    world.poll()
+    assert last_attempt(world, job_id).reason is EndReason.INTERRUPTED
+    assert world.job(job_id).state is JobState.QUEUED
+
+
+def test_exit_0_after_our_stop_is_a_success_when_the_job_says_it_finished(world: World) -> None:
+    job_id = world.submit()
+    plan = world.start(job_id)
+    stop_for_shutdown(world, job_id)
+    world.job_ended(plan, exit_code=0, trainer_exit=TrainerExit("finished", 100, "done"))
+    world.poll()
+    assert world.job(job_id).state is JobState.SUCCEEDED
+
+
+def test_a_config_error_fails_the_job_with_its_sentence(world: World) -> None:
+    job_id = world.submit(restart={"max_restarts": 5})
+    sentence = "The checkpoint was saved at epoch 50 and the run has 30 epochs: nothing left to train."
+    run_once(world, job_id, exit_code=1, trainer_exit=TrainerExit("config_error", 0, sentence))
+    job = world.job(job_id)
+    assert (job.state, job.result) == (JobState.FAILED, sentence)
+    assert last_attempt(world, job_id).detail == f"exit 1: {sentence}"
+    assert len(world.store.attempts(job_id)) == 1
+
+
+GUIDE_RESUME = {"args": ["--resume", "{checkpoint}"], "checkpoint": "last_model.pth"}
+
+
+def test_resume_arguments_are_added_only_when_a_checkpoint_exists(world: World) -> None:
+    job_id = world.submit("guide", command=["python", "train.py"], resume=GUIDE_RESUME)
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    first = world.start(job_id)
+    assert first.command == ["python", "train.py"]
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / "last_model.pth").write_bytes(b"weights")
+    world.job_ended(first, signal=int(signal.SIGKILL))
+    world.poll()
+    world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
+    second = world.start(job_id)
+    assert second.command == ["python", "train.py", "--resume", str(checkpoints / "last_model.pth")]
+    started = [e for e in world.store.events(job_id) if e.kind == "attempt_started"][-1]
+    assert "will find last_model.pth, written" in started.message and "passing --resume" in started.message
+
+
+def test_a_rewritten_file_is_progress_whatever_its_name(world: World) -> None:
+    """Lightning overwrites last.ckpt: same name, new contents, progress."""
+    job_id = world.submit(restart={"crash_loop": 2, "max_restarts": 10, "jitter": 0, "initial": "1s"})
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    checkpoints.mkdir(parents=True)
+    for round_ in range(4):
+        plan = world.start(job_id)
+        world.clock.advance(10)
+        (checkpoints / "last.ckpt").write_bytes(b"x" * round_)
+        os.utime(checkpoints / "last.ckpt", (world.clock.time(), world.clock.time()))
+        world.job_ended(plan, signal=int(signal.SIGKILL))
+        world.poll()
+        assert world.job(job_id).state is JobState.BACKOFF, world.job(job_id).result
+        world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
+    assert all("1.0s" in e.message for e in world.store.events(job_id) if e.kind == "decision"), "backoff reset"
+
+
+def die_loading(world: World, job_id: str, error: str) -> None:
+    plan = world.start(job_id)
+    world.job_ended(plan, exit_code=1, log=f"Traceback (most recent call last):\n{error}\n")
+    world.poll()
+    job = world.job(job_id)
+    if job.state is JobState.BACKOFF:
+        world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
+
+
+def test_an_unloadable_checkpoint_is_quarantined_and_the_previous_one_used(world: World) -> None:
+    job_id = world.submit(restart={"jitter": 0, "initial": "1s"})
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epoch=0-step=50.ckpt").write_bytes(b"good")
+    os.utime(checkpoints / "epoch=0-step=50.ckpt", (T0 - 100, T0 - 100))
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    os.utime(checkpoints / "last.ckpt", (T0 - 10, T0 - 10))
+    for _ in range(2):
+        die_loading(world, job_id, "RuntimeError: PytorchStreamReader failed reading zip archive")
+    assert world.job(job_id).state is JobState.QUEUED  # at once
+    assert (checkpoints / "quarantine" / "last.ckpt").exists() and not (checkpoints / "last.ckpt").exists()
+    assert "quarantined" in world.events(job_id)
+    world.start(job_id)
+    assert last_attempt(world, job_id).checkpoint_before == "epoch=0-step=50.ckpt"
+
+
+def test_with_nothing_older_the_job_fails_naming_the_file(world: World) -> None:
+    job_id = world.submit("guide", resume=GUIDE_RESUME, restart={"max_restarts": 5, "jitter": 0, "initial": "1s"})
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last_model.pth").write_bytes(b"")  # killed inside torch.save
+    for _ in range(2):
+        die_loading(world, job_id, "EOFError: Ran out of input")
+    job = world.job(job_id)
+    assert job.state is JobState.FAILED
+    assert job.result.startswith("last_model.pth cannot be loaded (EOFError: Ran out of input) and there is no older")
+    assert (checkpoints / "quarantine" / "last_model.pth").exists()
+    assert len(world.store.attempts(job_id)) == 2
+
+
+def test_the_timeline_says_what_the_trainer_really_loaded(world: World) -> None:
+    job_id = world.submit()
+    plan = world.start(job_id)
+    world.job_started(plan)
+    write_json_atomic(plan.run_dir / RESUME_FILE, {
+        "select": "latest", "checkpoint": "step-000000100", "step": 100, "attempt": 1,
+        "skipped": [{"checkpoint": "step-000000200", "why": "state.pt does not match its sha256"}]})
+    world.poll()
+    resumed = [e.message for e in world.store.events(job_id) if e.kind == "resumed"]
+    assert resumed == ["attempt 1 resumed from step-000000100 "
+                       "(skipped step-000000200: state.pt does not match its sha256)"]

@@ -49,6 +49,8 @@ CASES = [
     ("stopped before it started", facts(None, never_started=True, stop_requested="shutdown"), R.INTERRUPTED),
     ("daemon died before starting it", facts(None, never_started=True), R.INTERRUPTED),
     ("cancelled before it started", facts(None, never_started=True, stop_requested="cancel"), R.CANCELLED),
+    ("the job says no restart can fix it", facts(1, trainer_exit={"reason": "config_error", "detail": "x"}),
+     R.CONFIG_ERROR),
 ]
 
 
@@ -81,9 +83,26 @@ EVERYTHING_ELSE = dict(
 )
 
 
-def test_exit_0_beats_everything() -> None:
-    assert classify(facts(0, **EVERYTHING_ELSE)) is R.SUCCEEDED
-    assert classify(facts(0, **{**EVERYTHING_ELSE, "stop_requested": "shutdown"})) is R.SUCCEEDED
+def test_exit_0_beats_what_the_job_left_behind() -> None:
+    left_behind = {k: v for k, v in EVERYTHING_ELSE.items() if k != "stop_requested"}
+    assert classify(facts(0, **left_behind)) is R.SUCCEEDED
+
+
+def test_cancel_ends_cancelled_whatever_the_exit_status() -> None:
+    assert classify(facts(0, **EVERYTHING_ELSE)) is R.CANCELLED
+    assert classify(facts(0, stop_requested="cancel", trainer_exit={"reason": "finished"})) is R.CANCELLED
+
+
+def test_exit_0_after_our_stop_is_an_interruption_unless_the_job_finished() -> None:
+    """Lightning answers SIGTERM by exiting 0 without saving: that is not a finished run."""
+    assert classify(facts(0, stop_requested="shutdown")) is R.INTERRUPTED
+    assert classify(facts(0, stop_requested="shutdown", trainer_exit={"reason": "finished"})) is R.SUCCEEDED
+    assert classify(facts(0)) is R.SUCCEEDED  # an outside SIGTERM, then exit 0: a success
+
+
+def test_a_config_error_is_said_by_the_job() -> None:
+    assert classify(facts(1, trainer_exit={"reason": "config_error", "detail": "size mismatch"})) is R.CONFIG_ERROR
+    assert classify(facts(1, log_tail="RuntimeError: size mismatch for fc.weight")) is R.CRASH
 
 
 def test_a_spawn_error_beats_an_exit_code() -> None:

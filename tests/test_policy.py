@@ -38,9 +38,8 @@ def test_success_after_failures() -> None:
     assert decide([*crashes(3), attempt(R.SUCCEEDED)], policy(max_restarts=1)).action is Action.SUCCEED
 
 
-def test_success_beats_a_cancel_request() -> None:
-    """It finished before the cancel took effect: the work is done."""
-    assert decide([attempt(R.SUCCEEDED)], policy(), cancel_requested=True).action is Action.SUCCEED
+def test_cancel_ends_cancelled_whatever_the_ending() -> None:
+    assert decide([attempt(R.SUCCEEDED)], policy(), cancel_requested=True).action is Action.CANCEL
 
 
 @pytest.mark.parametrize("reason", [*FAILURES, R.PREEMPTED, R.INTERRUPTED, R.HOST_RESTART, R.SPAWN_FAILED])
@@ -405,7 +404,7 @@ def test_records_of_reads_uptime_progress_and_batch_changes() -> None:
     assert records_of(attempts) == [
         AttemptRecord(R.CUDA_OOM, 10, new_checkpoint=False, changed_config=True),
         AttemptRecord(R.CRASH, 30, new_checkpoint=True, changed_config=False),
-        AttemptRecord(R.CRASH, 1, new_checkpoint=False, changed_config=False),
+        AttemptRecord(R.CRASH, 1, new_checkpoint=False, changed_config=False, checkpoint_before="step-000000010"),
     ]
 
 
@@ -413,3 +412,77 @@ def test_records_of_starts_at_a_budget_reset() -> None:
     attempts = [stored(1, R.CRASH, 100, 101), stored(2, R.CRASH, 200, 201), stored(3, R.CRASH, 300, 301)]
     assert len(records_of(attempts, since=200)) == 2
     assert len(records_of(attempts, since=None)) == 3
+
+
+# --- errors no restart fixes, and the backoff after progress ------------------------------
+
+
+def test_a_config_error_fails_at_once_with_the_jobs_sentence() -> None:
+    last = AttemptRecord(R.CONFIG_ERROR, 3.0, False, detail="exit 1: The checkpoint's fc.weight is [10, 64], the model's [10, 128].")
+    decision = decide([last], policy(max_restarts=10))
+    assert decision.action is Action.FAIL
+    assert decision.message == "The checkpoint's fc.weight is [10, 64], the model's [10, 128]."
+
+
+def test_the_backoff_starts_over_after_progress() -> None:
+    restart = policy(initial=2, factor=2, max=60, max_restarts=10, crash_loop=0)
+    progressing = [attempt(R.CRASH, checkpoint=True) for _ in range(5)]
+    assert decide(progressing, restart).delay == 2.0
+    assert decide([*progressing, attempt(R.CRASH)], restart).delay == 2.0
+    assert decide([*progressing, attempt(R.CRASH), attempt(R.CRASH)], restart).delay == 4.0
+
+
+# --- a checkpoint that kills every attempt at load ---------------------------------------
+
+LOAD_ERROR = "exit 1: RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory"
+
+
+def died_loading(checkpoint: str | None = "last.ckpt", detail: str = LOAD_ERROR, reason: EndReason = R.CRASH,
+                 progressed: bool = False) -> AttemptRecord:
+    return AttemptRecord(reason, 2.0, progressed, checkpoint_before=checkpoint, detail=detail)
+
+
+def quarantine_decision(history, checkpoints=("last.ckpt", "epoch=0-step=50.ckpt")):
+    return decide(history, policy(max_restarts=5, crash_loop=3, initial=1), checkpoints=checkpoints)
+
+
+def test_two_deaths_loading_the_same_checkpoint_set_it_aside_and_resume_from_the_previous() -> None:
+    decision = quarantine_decision([died_loading(), died_loading()])
+    assert (decision.action, decision.delay, decision.quarantine) == (Action.RESTART, 0.0, "last.ckpt")
+    assert "resuming from epoch=0-step=50.ckpt" in decision.message
+
+
+def test_with_no_older_checkpoint_the_job_fails_with_one_sentence() -> None:
+    decision = quarantine_decision([died_loading("last_model.pth", "exit 1: EOFError: Ran out of input")] * 2,
+                                   checkpoints=("last_model.pth",))
+    assert (decision.action, decision.quarantine) == (Action.FAIL, "last_model.pth")
+    assert decision.message == ("last_model.pth cannot be loaded (EOFError: Ran out of input) and there is no older "
+                                "checkpoint; it was moved to quarantine/ (submit with --fresh to start over)")
+
+
+NOT_THE_CHECKPOINT = [
+    ("one death is not enough", [died_loading()]),
+    ("different checkpoints", [died_loading("a.ckpt"), died_loading("b.ckpt")]),
+    ("it wrote something", [died_loading(), died_loading(progressed=True)]),
+    ("no checkpoint at start", [died_loading(None), died_loading(None)]),
+    ("a hang is not a load failure", [died_loading(reason=R.HANG), died_loading(reason=R.HANG)]),
+    ("an unrelated error", [died_loading(detail="exit 1: NameError: name 'modle' is not defined")] * 2),
+    ("an attempt once got past it", [died_loading(progressed=True), died_loading(), died_loading()]),
+]
+
+
+@pytest.mark.parametrize("history", [c[1] for c in NOT_THE_CHECKPOINT], ids=[c[0] for c in NOT_THE_CHECKPOINT])
+def test_what_does_not_point_at_the_checkpoint(history) -> None:
+    assert quarantine_decision(history).quarantine is None
+
+
+def test_an_error_that_names_the_checkpoint_points_at_it() -> None:
+    named = "exit 1: KeyError: 'optimizer' in /data/run/last.ckpt"
+    assert quarantine_decision([died_loading(detail=named)] * 2).quarantine == "last.ckpt"
+
+
+def test_records_of_counts_any_write_as_progress() -> None:
+    wrote = stored(1, R.CRASH, 100, 150, before="last.ckpt", after="last.ckpt")
+    wrote = Attempt(**{**wrote.__dict__, "newest_write_before": 90.0, "newest_write_after": 140.0})
+    idle = Attempt(**{**wrote.__dict__, "number": 2, "newest_write_before": 140.0, "newest_write_after": 140.0})
+    assert [r.new_checkpoint for r in records_of([wrote, idle])] == [True, False]

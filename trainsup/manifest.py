@@ -1,19 +1,17 @@
 """`manifest.json`: what a committed checkpoint of the trainer contains, and how to check it.
 
 Stdlib only: the trainer verifies every byte before it loads a checkpoint (`verify`);
-the daemon and `trainsup status` name the newest checkpoint whose manifest and file
-sizes agree (`newest_intact`), which costs a few `stat` calls, not a read of the data.
+the daemon and `trainsup status` only count a `step-…` dir whose manifest and file
+sizes agree (`verify(hashes=False)`, a few `stat` calls, not a read of the data).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainsup.contracts import parse_step_dir
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -130,22 +128,6 @@ def verify(directory: Path, *, hashes: bool = True) -> Manifest:
         except OSError as exc:
             raise InvalidCheckpointError(f"{name} cannot be read ({exc.strerror})") from None
     return manifest
-
-
-def newest_intact(checkpoint_dir: Path) -> str | None:
-    """The name of the newest `step-…` dir whose manifest parses and whose files have their sizes."""
-    try:
-        names = os.listdir(checkpoint_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    steps = sorted(((step, name) for name in names if (step := parse_step_dir(name)) is not None), reverse=True)
-    for _, name in steps:
-        try:
-            verify(checkpoint_dir / name, hashes=False)
-            return name
-        except InvalidCheckpointError:
-            continue
-    return None
 
 
 def _sha256() -> Any:

@@ -10,8 +10,8 @@ from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.commands.table import format_table
-from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, read_heartbeats
-from trainsup.manifest import newest_intact
+from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, parse_step_dir, read_heartbeats
+from trainsup.layouts import newest_checkpoint
 from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
 from trainsup.units import format_duration
@@ -58,36 +58,32 @@ def _summary(row) -> dict[str, Any]:
 
 
 def _last_checkpoint(row) -> dict | None:
-    """The newest checkpoint: looked up on disk for unfinished jobs, as recorded otherwise."""
-    name, at = row["checkpoint_after"], None
-    if not JobState(row["state"]).is_terminal:
-        name = newest_intact(Path(row["checkpoint_dir"])) or row["checkpoint_before"]
+    """What the next attempt will find: looked up on disk for unfinished jobs, as recorded otherwise."""
+    if row["live_spec_json"] is not None:
+        resume = json.loads(row["live_spec_json"]).get("resume") or {}
+        found = newest_checkpoint(Path(row["checkpoint_dir"]), resume.get("checkpoint"))
+        if found is not None:
+            return {"name": found.name, "saved_at": found.written_at, "layout": found.layout}
+    name = row["checkpoint_after"] or row["checkpoint_before"]
     if name is None:
         return None
     try:
         at = os.stat(os.path.join(row["checkpoint_dir"], name)).st_mtime
     except OSError:
-        pass
-    return {"name": name, "saved_at": at}
+        at = None
+    return {"name": name, "saved_at": at, "layout": None}
 
 
 def _with_eta(beat: dict | None, row) -> dict | None:
     """Add `eta_s` when the trainer says how many steps the run has in total."""
     if not beat or not beat.get("total_steps") or row["attempt_started"] is None:
         return beat
-    first_step = _step_of(row["checkpoint_before"])
+    first_step = parse_step_dir(row["checkpoint_before"] or "") or 0
     done = beat["step"] - first_step
     elapsed = beat.get("time", time.time()) - row["attempt_started"]
     if done > 0 and elapsed > 0:
         beat = {**beat, "eta_s": max(0.0, (beat["total_steps"] - beat["step"]) * elapsed / done)}
     return beat
-
-
-def _step_of(checkpoint: str | None) -> int:
-    try:
-        return int(checkpoint.split("-")[1]) if checkpoint else 0
-    except (IndexError, ValueError):
-        return 0
 
 
 def _progress(run_dir: str | None) -> dict | None:
@@ -167,12 +163,14 @@ def _state_text(row: dict[str, Any]) -> str:
 
 
 def _checkpoint_text(checkpoint: dict | None) -> str:
+    """`step 1200, 3 min ago` for the trainer's checkpoints, `last.ckpt, 40 s ago` for others."""
     if not checkpoint:
         return "-"
-    step = _step_of(checkpoint["name"])
+    step = parse_step_dir(checkpoint["name"])
+    name = f"step {step}" if step is not None else checkpoint["name"]
     if checkpoint.get("saved_at") is None:
-        return f"step {step}"
-    return f"step {step}, {format_duration(max(0.0, time.time() - checkpoint['saved_at']))} ago"
+        return name
+    return f"{name}, {format_duration(max(0.0, time.time() - checkpoint['saved_at']))} ago"
 
 
 def _batch_text(batch: dict | None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from trainsup.batch import Batch
 from trainsup.durable import fsync_dir
 
-VERSION = 2
+VERSION = 3
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -59,6 +59,8 @@ CREATE TABLE attempts (
     peak_gpu_memory INTEGER,
     gpu_uuids       TEXT,
     hang_verdict    TEXT,
+    newest_write_before REAL,
+    newest_write_after  REAL,
     PRIMARY KEY (job_id, number)
 );
 CREATE INDEX live_attempts ON attempts(ended_at) WHERE ended_at IS NULL;
@@ -169,7 +171,15 @@ def _hang_verdict(path: Path) -> str | None:
     return verdict if isinstance(verdict, str) else None
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_1_to_2]
+def _2_to_3(db: sqlite3.Connection) -> None:
+    """Progress is any new or changed file under the checkpoint dir: each attempt records
+    the newest file time there at its start and end. Older attempts have none (NULL) and
+    are judged by their checkpoint names as before."""
+    db.execute("ALTER TABLE attempts ADD COLUMN newest_write_before REAL")
+    db.execute("ALTER TABLE attempts ADD COLUMN newest_write_after REAL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_1_to_2, _2_to_3]
 """`MIGRATIONS[n - 1]` brings a database from version n to n + 1."""
 
 

@@ -114,6 +114,29 @@ class HeartbeatPolicy(_Strict):
     log_silence: Duration | None = None  # opt-in hang detection for scripts without the library
 
 
+class ResumeArgs(_Strict):
+    """For scripts that take a checkpoint path (`--resume PATH`): arguments appended to
+    `command` when a checkpoint exists, with `{checkpoint}` replaced by the newest file
+    (or dir) matching `checkpoint`, a glob relative to `checkpoint_dir`."""
+
+    args: list[str]
+    checkpoint: str
+
+    @field_validator("args")
+    @classmethod
+    def _names_the_checkpoint(cls, args: list[str]) -> list[str]:
+        if not any("{checkpoint}" in arg for arg in args):
+            raise ValueError("must contain {checkpoint}, e.g. [--resume, '{checkpoint}']")
+        return args
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _relative_pattern(cls, pattern: str) -> str:
+        if not pattern.strip() or pattern.startswith(("/", "~")) or ".." in Path(pattern).parts:
+            raise ValueError("must be a glob inside checkpoint_dir, e.g. '*.pth' or '**/last.ckpt'")
+        return pattern
+
+
 class JobSpec(_Strict):
     """The blueprint of a job. Paths are resolved when the job is submitted."""
 
@@ -131,6 +154,13 @@ class JobSpec(_Strict):
     batch_size: BatchSize | None = None
     heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
     on_boot: Literal["resume", "hold"] = "resume"
+    resume: ResumeArgs | None = None
+
+    @model_validator(mode="after")
+    def _resume_needs_the_checkpoint_dir(self) -> "JobSpec":
+        if self.resume is not None and self.checkpoint_dir is None:
+            raise ValueError("resume needs checkpoint_dir: the folder your script saves its checkpoints in")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -231,7 +261,10 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem of a pydantic error, as one sentence naming the field."""
     error = exc.errors()[0]
-    field = ".".join(str(part) for part in error["loc"]) or "spec"
+    field = ".".join(str(part) for part in error["loc"])
+    if not field:  # a rule across fields
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{message[0].upper()}{message[1:]}."
     if error["type"] == "missing":
         return f"field '{field}' is required."
     if error["type"] == "extra_forbidden":

@@ -74,3 +74,4 @@ class EndReason(StrEnum):
     HOST_RESTART = "host_restart"  # it was running when the machine went down
     LOST = "lost"  # the monitor vanished without recording an exit
     SPAWN_FAILED = "spawn_failed"
+    CONFIG_ERROR = "config_error"  # the job said no restart can fix it (exit.json)

@@ -74,6 +74,8 @@ class Attempt:
     peak_gpu_memory: int | None
     gpu_uuids: list[str] | None = None
     hang_verdict: str | None = None  # why the daemon killed it as hung, in one sentence
+    newest_write_before: float | None = None  # the newest file time under the checkpoint dir at its start
+    newest_write_after: float | None = None  # ... and at its end: larger means it made progress
 
     @property
     def is_live(self) -> bool:
@@ -237,7 +239,8 @@ class Store:
             " (SELECT COUNT(*) FROM attempts a WHERE a.job_id=j.id) AS attempts,"
             " a.job_pid, a.started_at AS attempt_started, a.ended_at AS attempt_ended,"
             " a.reason AS last_reason, a.peak_gpu_memory, a.run_dir, a.checkpoint_before,"
-            " a.checkpoint_after, j.checkpoint_dir"
+            " a.checkpoint_after, j.checkpoint_dir,"
+            " CASE WHEN j.state IN ('succeeded', 'failed', 'cancelled') THEN NULL ELSE j.spec_json END AS live_spec_json"
             " FROM jobs j LEFT JOIN attempts a ON a.job_id=j.id AND a.number ="
             " (SELECT MAX(number) FROM attempts WHERE job_id=j.id)"
             " ORDER BY j.submitted_at, j.id"
@@ -282,10 +285,10 @@ class Store:
     def insert_attempt(self, attempt: Attempt) -> None:
         self._db.execute(
             "INSERT INTO attempts (job_id, number, run_dir, log_path, boot_id, started_at,"
-            " checkpoint_before, batch_json, gpu_uuids) VALUES (?,?,?,?,?,?,?,?,?)",
+            " checkpoint_before, batch_json, gpu_uuids, newest_write_before) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (attempt.job_id, attempt.number, attempt.run_dir, attempt.log_path, attempt.boot_id,
              attempt.started_at, attempt.checkpoint_before, _column_value(attempt.batch),
-             json.dumps(attempt.gpu_uuids) if attempt.gpu_uuids else None),
+             json.dumps(attempt.gpu_uuids) if attempt.gpu_uuids else None, attempt.newest_write_before),
         )
 
     def update_attempt(self, job_id: str, number: int, **fields: Any) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import structlog
 
 from trainsup.batch import Batch
-from trainsup.contracts import STARTED_FILE, EndedRecord, read_ended, read_json
-from trainsup.manifest import newest_intact
+from trainsup.contracts import RESUME_FILE, STARTED_FILE, EndedRecord, read_ended, read_json
+from trainsup.layouts import FoundCheckpoint, newest_checkpoint, newest_write, quarantine
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Attempt, HeartbeatCalibration, Job, Store
 from trainsup.paths import StateDir
@@ -66,10 +66,14 @@ class Attempts:
     def start(self, job: Job, gpu_uuids: list[str], now: float) -> None:
         number = len(self.store.attempts(job.id)) + 1
         batch = self._batch_for(job)
+        resume = job.spec.resume
+        found = newest_checkpoint(Path(job.checkpoint_dir), resume.checkpoint if resume else None)
+        resume_args = _resume_args(job, found)
         plan = LaunchPlan(
             job=job, number=number,
             run_dir=self.state.run_dir(job.id, number),
             log_path=self.state.attempt_log(job.id, number),
+            command=[*job.spec.command, *resume_args],
             batch_env=batch.to_env() if batch else {},
             gpu_env=gpu_env(gpu_uuids) if gpu_uuids else {},
         )
@@ -77,13 +81,14 @@ class Attempts:
             job_id=job.id, number=number, run_dir=str(plan.run_dir), log_path=str(plan.log_path),
             boot_id=self.boot_id, started_at=now, monitor_pid=None, monitor_started=None,
             job_pid=None, ended_at=None, exit_code=None, signal=None, reason=None, detail=None,
-            checkpoint_before=newest_intact(Path(job.checkpoint_dir)), checkpoint_after=None,
+            checkpoint_before=found.name if found else None, checkpoint_after=None,
             batch=batch, peak_gpu_memory=None, gpu_uuids=gpu_uuids or None,
+            newest_write_before=newest_write(Path(job.checkpoint_dir)),
         )
+        message = _start_message(number, found, resume_args, batch, gpu_uuids, now)
         with self.store.transaction():
             self.store.insert_attempt(attempt)
-            self.store.set_state(job.id, JobState.QUEUED, JobState.STARTING, now,
-                                 "attempt_started", _start_message(attempt, batch, gpu_uuids))
+            self.store.set_state(job.id, JobState.QUEUED, JobState.STARTING, now, "attempt_started", message)
         try:
             monitor = self.launcher.start(plan)
         except OSError as exc:
@@ -135,6 +140,8 @@ class Attempts:
         ended = read_ended(live.run_dir)
         if ended is None and not live.started_seen:
             self._note_started(live, now)
+        if not live.resume_seen:
+            self._note_resumed(live, now)
         if ended is None and not self.launcher.is_alive(live.monitor.pid, live.monitor.started):
             ended = read_ended(live.run_dir)  # it may have written it just before exiting
             if ended is None:
@@ -157,6 +164,18 @@ class Attempts:
                 self.store.set_state(job.id, JobState.STARTING, JobState.RUNNING, now, "attempt_running", message)
             else:
                 self.store.add_event(job.id, "attempt_running", message, now)
+
+    def _note_resumed(self, live: LiveAttempt, now: float) -> None:
+        """What the trainer library really started from, and what it passed over (resume.json)."""
+        record = read_json(live.run_dir / RESUME_FILE)
+        if not isinstance(record, dict):
+            return
+        live.resume_seen = True
+        skipped = [s for s in record.get("skipped") or [] if isinstance(s, dict)]
+        started = f"resumed from {record['checkpoint']}" if record.get("checkpoint") else "started fresh"
+        passed = "; ".join(f"skipped {s.get('checkpoint')}: {s.get('why')}" for s in skipped)
+        self.store.add_event(live.job_id, "resumed", f"attempt {live.number} {started}"
+                                                     + (f" ({passed})" if passed else ""), now)
 
     def watch(self, now: float) -> None:
         """Hang detection and GPU memory sampling for every running attempt."""
@@ -206,11 +225,11 @@ class Attempts:
             self.store.update_attempt(
                 job.id, attempt.number, ended_at=seen.ended_at, exit_code=seen.exit_code, signal=seen.signal,
                 reason=reason, detail=seen.describe(), checkpoint_after=seen.checkpoint, job_pid=seen.job_pid,
-                peak_gpu_memory=peak_gpu_memory or attempt.peak_gpu_memory,
+                peak_gpu_memory=peak_gpu_memory or attempt.peak_gpu_memory, newest_write_after=seen.newest_write,
             )
             self.store.add_event(job.id, "attempt_ended",
                                  f"attempt {attempt.number} ended: {seen.describe()} → {reason}", now)
-            decision = self._decide(job)
+            decision = self._decide(job, seen)
             self._apply(job, decision, now)
         if seen.cgroup is not None:
             self.cgroups_to_remove.append(seen.cgroup)
@@ -218,7 +237,7 @@ class Attempts:
                  decision=str(decision.action), message=decision.message)
         return decision
 
-    def _decide(self, job: Job) -> Decision:
+    def _decide(self, job: Job, seen: Observation) -> Decision:
         attempts = self.store.attempts(job.id)
         since = job.budget_reset_at  # a manual `trainsup restart` gives the job a fresh budget
         return decide(
@@ -230,10 +249,13 @@ class Attempts:
             hold_after_host_restart=job.spec.on_boot == "hold",
             batch=attempts[-1].batch,
             batch_size=job.spec.batch_size,
+            checkpoints=seen.checkpoints,
         )
 
     def _apply(self, job: Job, decision: Decision, now: float) -> None:
-        """Carry out a decision: the new batch, what worked, the job's next state."""
+        """Carry out a decision: a checkpoint set aside, the new batch, what worked, the job's next state."""
+        if decision.quarantine is not None:
+            self._quarantine(job, decision.quarantine, now)
         if decision.batch is not None:
             old = self.store.attempts(job.id)[-1].batch
             self.store.update_job(job.id, batch=decision.batch)
@@ -254,6 +276,15 @@ class Attempts:
         self.store.set_state(job.id, current, target, now, "decision", message, stop_requested=None,
                              result=decision.message if target.is_terminal else None)
 
+    def _quarantine(self, job: Job, name: str, now: float) -> None:
+        try:
+            moved = quarantine(Path(job.checkpoint_dir), name)
+        except OSError as exc:
+            self.store.add_event(job.id, "quarantine_failed", f"could not move {name} into quarantine/: {exc}", now)
+            return
+        if moved is not None:
+            self.store.add_event(job.id, "quarantined", f"{name} kills every attempt at load: moved to {moved}", now)
+
     def _remove_empty_cgroups(self) -> None:
         self.cgroups_to_remove = [path for path in self.cgroups_to_remove
                                   if path.exists() and not cgroup.remove(path)]
@@ -267,14 +298,24 @@ class Attempts:
             self.launcher.stop(live.monitor)
 
 
-def _start_message(attempt: Attempt, batch: Batch | None, gpu_uuids: list[str]) -> str:
-    parts = [f"resuming from {attempt.checkpoint_before}" if attempt.checkpoint_before
-             else "no checkpoint yet: starting fresh"]
+def _resume_args(job: Job, found: FoundCheckpoint | None) -> list[str]:
+    """The spec's `resume.args` with `{checkpoint}` filled in; none without a checkpoint."""
+    if job.spec.resume is None or found is None:
+        return []
+    path = str(Path(job.checkpoint_dir) / found.name)
+    return [arg.replace("{checkpoint}", path) for arg in job.spec.resume.args]
+
+
+def _start_message(number: int, found: FoundCheckpoint | None, resume_args: list[str], batch: Batch | None,
+                   gpu_uuids: list[str], now: float) -> str:
+    parts = [f"will find {found.describe(now)}" if found else "no checkpoint yet: starting fresh"]
+    if resume_args:
+        parts.append(f"passing {' '.join(resume_args)}")
     if batch:
         parts.append(batch.describe())
     if gpu_uuids:
         parts.append(f"GPUs {','.join(gpu_uuids)}")
-    return f"attempt {attempt.number} starting ({'; '.join(parts)})"
+    return f"attempt {number} starting ({'; '.join(parts)})"
 
 
 def _backoff_message(old: Batch | None, new: Batch) -> str:

@@ -25,18 +25,21 @@ def classify(seen: Observation) -> EndReason:
         return EndReason.CANCELLED if seen.stop_requested == "cancel" else EndReason.INTERRUPTED
     if seen.lost:
         return EndReason.LOST
+    if seen.stop_requested == "cancel":
+        return EndReason.CANCELLED  # whatever the exit status
+    # A stop we asked for beats exit 75 and exit 0: a job that answers our SIGTERM by
+    # exiting 0 without saying it finished (Lightning does) was interrupted, not done.
+    if seen.stop_requested == "shutdown" and not seen.declared("finished"):
+        return EndReason.INTERRUPTED
     if seen.exit_code == 0:
         return EndReason.SUCCEEDED
-    # A stop we asked for beats exit 75: exit 75 during shutdown is an interruption.
-    if seen.stop_requested == "cancel":
-        return EndReason.CANCELLED
-    if seen.stop_requested == "shutdown":
-        return EndReason.INTERRUPTED
     if seen.exit_code == EXIT_PREEMPTED:
         return EndReason.PREEMPTED
+    if seen.declared("config_error"):
+        return EndReason.CONFIG_ERROR
     if seen.hang_verdict:
         return EndReason.HANG
-    if (seen.trainer_exit and seen.trainer_exit.reason == "oom") or CUDA_OOM_PATTERNS.search(seen.log_tail):
+    if seen.declared("oom") or CUDA_OOM_PATTERNS.search(seen.log_tail):
         return EndReason.CUDA_OOM
     if seen.signal == signal.SIGKILL and (seen.oom_kills or 0) > 0:
         return EndReason.HOST_OOM

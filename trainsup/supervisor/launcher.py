@@ -51,6 +51,7 @@ class LaunchPlan:
     number: int
     run_dir: Path
     log_path: Path
+    command: list[str]  # the spec's, with the resume arguments when a checkpoint exists
     batch_env: dict[str, str]
     gpu_env: dict[str, str]
 
@@ -129,7 +130,7 @@ def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None
     write_json_atomic(
         plan.run_dir / LAUNCH_FILE,
         {
-            "command": spec.command,
+            "command": plan.command,
             "cwd": str(spec.workdir) if spec.workdir else None,
             "env": attempt_environment(plan),
             "log_path": str(plan.log_path),

@@ -25,6 +25,7 @@ class LiveAttempt:
     gpu_uuids: list[str] = field(default_factory=list)
     job_pid: int | None = None
     started_seen: bool = False
+    resume_seen: bool = False  # the trainer's resume.json was read
     hung: bool = False
     peak_gpu_memory: int = 0
     seen_pids: set[int] = field(default_factory=set)

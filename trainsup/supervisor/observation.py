@@ -9,6 +9,7 @@ into a reason; nothing else does.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from trainsup.contracts import (
     read_trainer_exit,
 )
 from trainsup.jobs.store import Attempt, Job
-from trainsup.manifest import newest_intact
+from trainsup.layouts import find_checkpoints, newest_write
 from trainsup.supervisor import cgroup
 
 LOG_TAIL_BYTES = 16384
+# The line a Python traceback ends with: `RuntimeError: ...`, `safetensors_rust.SafetensorError: ...`.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,28 @@ class Observation:
     oom_kills: int | None = None  # the kernel's OOM kills in the attempt's cgroup; None: unknown
     hang_verdict: str | None = None  # why the daemon killed it as hung
     job_pid: int | None = None
-    checkpoint: str | None = None  # the newest checkpoint when it ended
+    checkpoints: tuple[str, ...] = ()  # the checkpoints a restart would find, newest first
+    newest_write: float | None = None  # the newest file time under the checkpoint dir
     cgroup: Path | None = None  # the attempt's memory cgroup, to remove once empty
 
+    @property
+    def checkpoint(self) -> str | None:
+        return self.checkpoints[0] if self.checkpoints else None
+
+    def declared(self, reason: str) -> bool:
+        """The training process said so in exit.json (`finished`, `config_error`, `oom`, ...)."""
+        return self.trainer_exit is not None and self.trainer_exit.reason == reason
+
+    @property
+    def error_line(self) -> str | None:
+        """The job's own words: exit.json's detail, else the last exception line of its log."""
+        if self.trainer_exit is not None and self.trainer_exit.detail:
+            return self.trainer_exit.detail
+        found = _ERROR_LINE.findall(self.log_tail)
+        return found[-1].strip()[:300] if found else None
+
     def describe(self) -> str:
-        """How it ended, in a few words: `exit 1`, `killed by SIGKILL`, the spawn error, ..."""
+        """How it ended, in a few words: `exit 1: RuntimeError: ...`, `killed by SIGKILL`, ..."""
         if self.spawn_error:
             return self.spawn_error
         if self.host_restart:
@@ -59,7 +79,10 @@ class Observation:
             return "stopped before the job started"
         if self.lost:
             return "its monitor vanished without recording an exit"
-        return describe_exit(self.exit_code, self.signal)
+        status = describe_exit(self.exit_code, self.signal)
+        if self.exit_code not in (None, 0) and self.error_line:
+            return f"{status}: {self.error_line}"
+        return status
 
 
 def observe(
@@ -82,7 +105,8 @@ def observe(
         log_tail=_tail(Path(attempt.log_path), LOG_TAIL_BYTES),
         hang_verdict=attempt.hang_verdict,
         job_pid=attempt.job_pid or started.get("job_pid"),
-        checkpoint=newest_intact(Path(job.checkpoint_dir)),
+        checkpoints=_checkpoint_names(job),
+        newest_write=newest_write(Path(job.checkpoint_dir)),
         cgroup=cgroup_path,
     )
     if ended is not None:
@@ -102,7 +126,12 @@ def observe(
 def spawn_failure(job: Job, error: str, now: float) -> Observation:
     """The monitor process itself could not be started."""
     return Observation(ended_at=now, spawn_error=error, stop_requested=job.stop_requested,
-                       checkpoint=newest_intact(Path(job.checkpoint_dir)))
+                       checkpoints=_checkpoint_names(job), newest_write=newest_write(Path(job.checkpoint_dir)))
+
+
+def _checkpoint_names(job: Job) -> tuple[str, ...]:
+    resume = job.spec.resume
+    return tuple(c.name for c in find_checkpoints(Path(job.checkpoint_dir), resume.checkpoint if resume else None))
 
 
 def _last_sign_of_life(attempt: Attempt) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 
 from trainsup.batch import Batch
 from trainsup.jobs.spec import BatchSize, RestartPolicy
@@ -17,6 +18,15 @@ from trainsup.jobs.states import EndReason
 from trainsup.jobs.store import Attempt
 
 FAILURES = frozenset({EndReason.CRASH, EndReason.CUDA_OOM, EndReason.HOST_OOM, EndReason.HANG, EndReason.LOST})
+# Failures that can be a checkpoint killing the job as it loads (an OOM or a hang is not).
+LOAD_FAILURES = frozenset({EndReason.CRASH, EndReason.LOST})
+# What a Python error says when the file it loads is cut short or garbled.
+UNLOADABLE_SIGNS = (
+    "PytorchStreamReader", "central directory", "zip archive", "Ran out of input", "EOFError",
+    "UnpicklingError", "invalid load key", "unexpected EOF", "SafetensorError", "deserializ",
+    "HeaderTooLarge", "MetadataIncompleteBuffer", "JSONDecodeError", "truncated", "corrupt",
+)
+UNLOADABLE_STREAK = 2
 RESUME_LATER = frozenset({EndReason.INTERRUPTED, EndReason.HOST_RESTART})
 
 
@@ -35,8 +45,10 @@ class AttemptRecord:
 
     reason: EndReason
     uptime: float
-    new_checkpoint: bool  # a checkpoint newer than at the attempt's start appeared
+    new_checkpoint: bool  # it wrote to the checkpoint dir: progress
     changed_config: bool = False  # e.g. a smaller micro-batch after an OOM
+    checkpoint_before: str | None = None  # the newest checkpoint when it started: what it loaded
+    detail: str = ""  # how it ended: `exit 1: RuntimeError: ...`
 
     def progressed(self, job_checkpoints: bool, min_uptime: float) -> bool:
         if self.new_checkpoint or self.changed_config:
@@ -50,6 +62,7 @@ class Decision:
     message: str
     delay: float = 0.0
     batch: Batch | None = None  # the batch for the next attempt, when it changes
+    quarantine: str | None = None  # the checkpoint to set aside before the next attempt
 
 
 def records_of(attempts: Sequence[Attempt], since: float | None = None) -> list[AttemptRecord]:
@@ -62,11 +75,20 @@ def records_of(attempts: Sequence[Attempt], since: float | None = None) -> list[
         AttemptRecord(
             reason=a.reason,
             uptime=(a.ended_at or a.started_at) - a.started_at,
-            new_checkpoint=a.checkpoint_after is not None and a.checkpoint_after != a.checkpoint_before,
+            new_checkpoint=_wrote(a),
             changed_config=i + 1 < len(ended) and ended[i + 1].batch != a.batch,
+            checkpoint_before=a.checkpoint_before,
+            detail=a.detail or "",
         )
         for i, a in enumerate(ended)
     ]
+
+
+def _wrote(attempt: Attempt) -> bool:
+    """A new or changed file in the checkpoint dir (attempts from before schema 3: a new name)."""
+    if attempt.newest_write_after is not None:
+        return attempt.newest_write_after > (attempt.newest_write_before or 0.0)
+    return attempt.checkpoint_after is not None and attempt.checkpoint_after != attempt.checkpoint_before
 
 
 def decide(
@@ -79,6 +101,7 @@ def decide(
     hold_after_host_restart: bool = False,
     batch: Batch | None = None,
     batch_size: BatchSize | None = None,
+    checkpoints: Sequence[str] = (),
 ) -> Decision:
     """Decide after the last attempt in `history` ended.
 
@@ -93,14 +116,17 @@ def decide(
         batch: the batch the last attempt ran with.
         batch_size: the spec's batch section: after a CUDA OOM a smaller micro-batch
             is tried, the global batch unchanged.
+        checkpoints: the checkpoints in the job's checkpoint dir now, newest first.
     """
     last = history[-1]
-    if last.reason is EndReason.CUDA_OOM and batch is not None and batch_size is not None and not cancel_requested:
-        return _after_cuda_oom(history, policy, job_checkpoints, jitter, batch, batch_size)
-    if last.reason is EndReason.SUCCEEDED:
-        return Decision(Action.SUCCEED, "the job exited 0")
     if cancel_requested or last.reason is EndReason.CANCELLED:
         return Decision(Action.CANCEL, "cancelled on request")
+    if last.reason is EndReason.SUCCEEDED:
+        return Decision(Action.SUCCEED, "the job exited 0")
+    if last.reason is EndReason.CONFIG_ERROR:
+        return Decision(Action.FAIL, _sentence(last.detail) or "the job reported an error no restart can fix")
+    if last.reason is EndReason.CUDA_OOM and batch is not None and batch_size is not None:
+        return _after_cuda_oom(history, policy, job_checkpoints, jitter, batch, batch_size)
     if last.reason is EndReason.SPAWN_FAILED:
         return Decision(Action.FAIL, "the command could not be started")
     if last.reason is EndReason.PREEMPTED:
@@ -109,7 +135,50 @@ def decide(
         if last.reason is EndReason.HOST_RESTART and hold_after_host_restart:
             return Decision(Action.HOLD, "the machine restarted; held as on_boot says")
         return Decision(Action.REQUEUE, f"{last.reason}: resuming from the last checkpoint")
+    if (unloadable := _unloadable_checkpoint(history)) is not None:
+        return _set_aside(unloadable, checkpoints, last)
     return _after_failure(history, policy, job_checkpoints, jitter)
+
+
+def _unloadable_checkpoint(history: Sequence[AttemptRecord]) -> str | None:
+    """The checkpoint that killed the last attempts as they loaded it, if that is what happened.
+
+    The last `UNLOADABLE_STREAK` attempts all started from the same checkpoint and died
+    without writing anything, the last one's error looks like a file that cannot be read
+    (or names the checkpoint), and no attempt ever got past that checkpoint.
+    """
+    streak = history[-UNLOADABLE_STREAK:]
+    suspect = streak[-1].checkpoint_before
+    if suspect is None or len(streak) < UNLOADABLE_STREAK:
+        return None
+    if any(r.reason not in LOAD_FAILURES or r.new_checkpoint or r.checkpoint_before != suspect for r in streak):
+        return None
+    if any(r.checkpoint_before == suspect and r.new_checkpoint for r in history):
+        return None
+    error = streak[-1].detail
+    if not (any(sign in error for sign in UNLOADABLE_SIGNS) or Path(suspect).name in error):
+        return None
+    return suspect
+
+
+def _set_aside(suspect: str, checkpoints: Sequence[str], last: AttemptRecord) -> Decision:
+    older = [name for name in checkpoints if name != suspect]
+    error = _error_of(last.detail)
+    if older:
+        return Decision(Action.RESTART, f"{suspect} cannot be loaded ({error}): moved to quarantine/; "
+                                        f"resuming from {older[0]}", quarantine=suspect)
+    return Decision(Action.FAIL, f"{suspect} cannot be loaded ({error}) and there is no older checkpoint; "
+                                 f"it was moved to quarantine/ (submit with --fresh to start over)", quarantine=suspect)
+
+
+def _error_of(detail: str) -> str:
+    """`exit 1: EOFError: Ran out of input` → `EOFError: Ran out of input`."""
+    return detail.split(": ", 1)[1] if detail.startswith(("exit ", "killed by ")) and ": " in detail else detail
+
+
+def _sentence(detail: str) -> str:
+    text = _error_of(detail).strip()
+    return text if not text or text.endswith((".", "!", "?")) else f"{text}."
 
 
 def _after_cuda_oom(
@@ -156,7 +225,8 @@ def _after_failure(
     streak = _trailing_failures_without_progress(history, policy, job_checkpoints)
     if policy.crash_loop and streak >= policy.crash_loop:
         return Decision(Action.FAIL, f"crash loop: {streak} attempts in a row died without progress")
-    consecutive = _trailing(history, lambda a: a.reason in FAILURES)
+    # The backoff starts over after an attempt that made progress.
+    consecutive = _trailing(history, lambda a: a.reason in FAILURES and not a.new_checkpoint)
     delay = backoff_delay(policy, consecutive, jitter)
     return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} in {delay:.1f}s", delay)
 
