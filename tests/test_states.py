@@ -107,5 +107,5 @@ def test_values_are_the_strings_we_store() -> None:
 def test_end_reasons_are_the_strings_we_store() -> None:
     assert {str(r) for r in EndReason} == {
         "succeeded", "preempted", "crash", "cuda_oom", "host_oom", "hang", "cancelled",
-        "interrupted", "host_restart", "lost", "spawn_failed",
+        "interrupted", "host_restart", "lost", "spawn_failed", "config_error",
     }

@@ -78,15 +78,14 @@ def _unique_names(refs: list[JobRef]) -> list[JobRef]:
 
 
 def _all_refs(state: StateDir, store: Store | None) -> list[JobRef]:
+    # The inbox first: a submission leaves it only after the daemon committed its job, so
+    # reading the store second cannot miss a job that moved between the two reads.
+    pending = pending_submissions(state)
     refs = []
     if store is not None:
         refs += [JobRef(row["id"], row["name"], False) for row in store.job_summaries()]
     known = {r.id for r in refs}
-    refs += [
-        JobRef(s["job_id"], s["spec"]["name"], True)
-        for s in pending_submissions(state)
-        if s["job_id"] not in known
-    ]
+    refs += [JobRef(s["job_id"], s["spec"]["name"], True) for s in pending if s["job_id"] not in known]
     return refs
 
 

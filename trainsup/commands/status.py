@@ -19,6 +19,7 @@ from trainsup.units import format_duration
 
 def job_rows(state: StateDir) -> list[dict[str, Any]]:
     """One dict per job, the newest last; jobs still in the inbox included."""
+    pending = pending_submissions(state)  # before the store: see commands.common._all_refs
     store = open_store(state)
     rows = []
     if store is not None:
@@ -26,7 +27,7 @@ def job_rows(state: StateDir) -> list[dict[str, Any]]:
             rows.append(_summary(row))
         store.close()
     known = {r["id"] for r in rows}
-    for sub in pending_submissions(state):
+    for sub in pending:
         if sub["job_id"] not in known:
             rows.append({
                 "id": sub["job_id"], "name": sub["spec"]["name"], "state": "queued",
