@@ -120,10 +120,11 @@ def test_logs_of_three_attempts_in_order(cli: Cli, daemon: DaemonProcess, tmp_pa
         "attempt 1 out", "attempt 1 err", "attempt 2 out", "attempt 2 err", "attempt 3 out", "attempt 3 err",
     ]
     separators = [l for l in lines if l.startswith("────")]
-    assert len(separators) == 3 and "previous ended: crash (exit 1)" in separators[2]
+    assert len(separators) == 4 and "previous ended: crash (exit 1)" in separators[2]
+    assert separators[3] == "──── trainsup: job succeeded: the job exited 0 ────"
     only_second = cli.run("logs", job, "--attempt", "2").stdout
     assert "attempt 2 out" in only_second and "attempt 1 out" not in only_second
-    assert cli.run("logs", job, "--tail", "2").stdout.splitlines() == ["attempt 3 out", "attempt 3 err"]
+    assert cli.run("logs", job, "--tail", "3").stdout.splitlines() == ["attempt 3 out", "attempt 3 err", separators[3]]
 
 
 def test_follow_streams_across_restarts_and_exits_with_outcome(cli: Cli, daemon: DaemonProcess, tmp_path: Path):

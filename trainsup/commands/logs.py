@@ -25,6 +25,11 @@ def separator(attempt: Attempt, previous: Attempt | None) -> str:
     return f"──── trainsup: attempt {attempt.number} · started {started} · {why} ────"
 
 
+def outcome(state: JobState, result: str | None) -> str:
+    """The last line of a finished job's log: how it ended, in the job's or trainsup's words."""
+    return f"──── trainsup: job {state}" + (f": {result}" if result else "") + " ────"
+
+
 def lines(state: StateDir, key: str, attempt_number: int | None) -> Iterator[str]:
     """Every line of the job's log so far, separators included."""
     store = open_store(state)
@@ -42,6 +47,9 @@ def lines(state: StateDir, key: str, attempt_number: int | None) -> Iterator[str
                     yield line.rstrip("\n")
         except FileNotFoundError:
             pass
+    job = store.job(ref.id)
+    if job.state.is_terminal and attempt_number is None:
+        yield outcome(job.state, job.result)
     store.close()
 
 
@@ -77,6 +85,7 @@ def follow(state: StateDir, key: str, tail: int | None = None, out=sys.stdout) -
                 shown, offset, announced = shown + 1, 0, False
                 continue
         elif job.state.is_terminal:
+            print(outcome(job.state, job.result), file=out, flush=True)
             store.close()
             return job.state
         time.sleep(FOLLOW_POLL_S)
