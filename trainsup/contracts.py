@@ -56,13 +56,22 @@ def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
 LAUNCH_FILE = "launch.json"  # daemon → monitor: command, cwd, env, log, lock, grace, cgroup
 STARTED_FILE = "started.json"  # monitor: the job's pid and start time
 ENDED_FILE = "ended.json"  # monitor: how the job's main process ended
-EXIT_FILE = "exit.json"  # trainer: why it is exiting (`ExitReason`), step, detail
-RESUME_FILE = "resume.json"  # trainer: which checkpoint it really started from
+EXIT_FILE = "exit.json"  # trainer: why it is exiting (`ExitReason`), step, detail (one sentence) — `TrainerExit`
+# resume.json, trainer: which checkpoint it really started from, and the newer ones it passed over:
+#   {"select": "latest"|"best"|"fresh", "checkpoint": "step-000001200"|null, "step": 1200|0, "attempt": 2,
+#    "skipped": [{"checkpoint": "step-000001300", "why": "state.pt does not match its sha256 in the manifest"}]}
+# written when it resumed from a checkpoint, or started fresh because every checkpoint was skipped.
+RESUME_FILE = "resume.json"
 HANG_FILE = "hang.json"  # daemon: the hang verdict it killed the attempt for (a record for people)
 HEARTBEAT_DIR = "heartbeat"  # every rank: rank-<N>.json
 MONITOR_LOG = "monitor.log"  # the monitor's own stderr
 
-ExitReason = Literal["preempted", "oom", "error"]
+# finished: the `with Session` block ended normally, the run is done (so exit 0 after a stop
+#   we asked for is a success, not an interruption); preempted: checkpointed on a stop
+#   request, exit 75; oom: out of memory; error: failed, a restart may help; config_error:
+#   failed in a way no restart can fix (checkpoint/model mismatch, bad options or environment),
+#   `detail` is the one sentence to show.
+ExitReason = Literal["finished", "preempted", "oom", "error", "config_error"]
 
 
 class EndedRecord(NamedTuple):

@@ -111,7 +111,7 @@ def test_architecture_mismatch_is_one_sentence_and_exit_1(tmp_path: Path, capsys
             pass
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message}"
-    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "error"
+    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "config_error"
 
 
 def test_epoch_already_past_the_end_is_an_error(tmp_path: Path, capsys: Any) -> None:
@@ -201,7 +201,7 @@ def test_a_batch_error_inside_the_session_is_one_line_and_exit_1(tmp_path: Path,
             Batch.from_env(32, 2, environ={"TRAINSUP_BATCH_SIZE": "24"})
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: The micro-batch 24 does not divide the global batch 64."
-    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "error"
+    assert json.loads((run_dir / "exit.json").read_text())["reason"] == "config_error"
 
 
 @pytest.mark.parametrize(("options", "message"), [

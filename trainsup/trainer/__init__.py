@@ -14,9 +14,11 @@ from trainsup.trainer.errors import (
     CheckpointSaveError,
     EpochOutOfRangeError,
     LoopUsageError,
+    OptionError,
     TrainerError,
 )
 from trainsup.trainer.fsops import FileOps
+from trainsup.trainer.outcome import install_excepthook
 from trainsup.trainer.sampler import ResumableSampler
 from trainsup.trainer.saving import Saving
 from trainsup.trainer.session import Session
@@ -34,6 +36,7 @@ __all__ = [
     "EpochOutOfRangeError",
     "FileOps",
     "LoopUsageError",
+    "OptionError",
     "ResumableSampler",
     "Retention",
     "Saving",
@@ -42,3 +45,5 @@ __all__ = [
     "TrainerEnv",
     "TrainerError",
 ]
+
+install_excepthook()  # a trainsup error outside a session also ends in one sentence and exit.json

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 from trainsup.contracts import parse_step_dir, step_dir_name
-from trainsup.trainer.errors import CheckpointSaveError
+from trainsup.trainer.errors import CheckpointSaveError, OptionError
 from trainsup.trainer.fsops import FileOps, Writer
 from trainsup.trainer.log import get_logger
 from trainsup.manifest import (
@@ -58,6 +58,17 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A checkpoint passed over on resume, and why (a short phrase), for `resume.json`."""
+
+    checkpoint: str
+    why: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"checkpoint": self.checkpoint, "why": self.why}
+
+
+@dataclass(frozen=True)
 class Retention:
     """Keep the newest `keep_last` checkpoints and the `keep_best` best by `metric`.
 
@@ -71,13 +82,13 @@ class Retention:
 
     def __post_init__(self) -> None:
         if self.keep_last is not None and self.keep_last < 1:
-            raise ValueError("Retention keep_last must be at least 1, or None to keep every checkpoint.")
+            raise OptionError("Retention keep_last must be at least 1, or None to keep every checkpoint.")
         if self.keep_best < 0:
-            raise ValueError("Retention keep_best must be 0 or more.")
+            raise OptionError("Retention keep_best must be 0 or more.")
         if self.keep_best and not self.metric:
-            raise ValueError("Retention keep_best needs a metric to rank the checkpoints by.")
+            raise OptionError("Retention keep_best needs a metric to rank the checkpoints by.")
         if self.mode not in ("min", "max"):
-            raise ValueError("Retention mode must be 'min' or 'max'.")
+            raise OptionError("Retention mode must be 'min' or 'max'.")
 
 
 class CheckpointDir:
@@ -215,9 +226,10 @@ class CheckpointDir:
         return dirs[0].name if dirs else None
 
     def verified(self, select: Literal["latest", "best"] = "latest", metric: str | None = None,
-                 mode: Literal["min", "max"] = "min") -> Iterator[Checkpoint]:
+                 mode: Literal["min", "max"] = "min",
+                 rejected: list[Skipped] | None = None) -> Iterator[Checkpoint]:
         """Checkpoints whose every file verifies, most preferred first; each rejected
-        one is logged in one line with the reason."""
+        one is logged in one line with the reason, and appended to `rejected`."""
         for path in self._ordered(select, metric, mode):
             try:
                 manifest = verify(path)
@@ -225,6 +237,8 @@ class CheckpointDir:
                     raise InvalidCheckpointError(f"the manifest says step {manifest.step}")
             except InvalidCheckpointError as exc:
                 log.warning("checkpoint %s is not usable: %s; falling back to an older one", path.name, exc)
+                if rejected is not None:
+                    rejected.append(Skipped(path.name, str(exc)))
                 continue
             yield Checkpoint(path, manifest)
 

@@ -2,14 +2,19 @@
 
     TrainsupError                      (trainsup.errors) message is one sentence
     └── TrainerError                   raised inside a training process
-        ├── CheckpointDirLockedError   another run holds <checkpoint_dir>/.lock
-        ├── CheckpointSaveError        a save failed; the previous checkpoint is intact
-        ├── ArchitectureMismatchError  the checkpoint's model does not fit the model
+        ├── CheckpointDirLockedError   another run holds <checkpoint_dir>/.lock          (restartable)
+        ├── CheckpointSaveError        a save failed; the previous checkpoint is intact   (restartable)
+        ├── ArchitectureMismatchError  the checkpoint's model (or optimizer, …) does not fit
         ├── EpochOutOfRangeError       the checkpoint is already past the last epoch
-        └── LoopUsageError             the session was used in an order it cannot track
+        ├── LoopUsageError             the session was used in an order it cannot track
+        └── OptionError                an option (Saving, Retention, resume=…) that cannot be; also a ValueError
 
-Inside ``with session:`` a TrainerError, or a ``trainsup.batch.BatchError`` (a batch that
-cannot be), becomes one line on stderr, ``exit.json`` with reason "error", and exit code 1.
+Inside ``with session:`` any of these, or a ``trainsup.batch.BatchError`` (a batch that
+cannot be), becomes one line on stderr (``error: <sentence>``) and exit code 1, with
+``exit.json`` reason "error" when a restart may help (``restartable = True``) and
+"config_error" when it cannot: the same code, arguments and checkpoint would fail the
+same way again. A trainsup error without the attribute (``BatchError``) is a
+configuration error.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from trainsup.errors import TrainsupError
 class TrainerError(TrainsupError):
     """Base of the errors a training script sees from trainsup.trainer."""
 
+    restartable = False  # a restart with the same code, arguments and checkpoints would fail the same way
+
 
 class CheckpointDirLockedError(TrainerError):
-    pass
+    restartable = True  # the other run may be gone by the next attempt
 
 
 class CheckpointSaveError(TrainerError):
-    pass
+    restartable = True  # disk full, an I/O error: the next attempt may save
 
 
 class ArchitectureMismatchError(TrainerError):
@@ -39,3 +46,12 @@ class EpochOutOfRangeError(TrainerError):
 
 class LoopUsageError(TrainerError):
     pass
+
+
+class OptionError(TrainerError, ValueError):
+    """An option object or argument that cannot be (`Saving(every_steps=0)`, `resume="newest"`)."""
+
+
+def is_restartable(exc: BaseException) -> bool:
+    """False for the errors no restart can fix (`restartable = False`, the default of trainsup errors)."""
+    return bool(getattr(exc, "restartable", not isinstance(exc, TrainsupError)))

@@ -18,11 +18,11 @@ from trainsup.batch import Batch
 from trainsup.contracts import RESUME_FILE, parse_step_dir
 from trainsup.durable import write_json_atomic
 from trainsup.trainer import rng, statefile
-from trainsup.trainer.errors import EpochOutOfRangeError
+from trainsup.trainer.errors import EpochOutOfRangeError, OptionError
 from trainsup.trainer.log import get_logger
 from trainsup.trainer.outcome import one_line
 from trainsup.trainer.statefile import STATE_FILE, Components
-from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
+from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 
 log = get_logger()
 Resume = Literal["latest", "best", "none"]
@@ -48,17 +48,19 @@ class Resumed:
 
 def check_resume(resume: str, retention: Retention) -> None:
     if resume not in ("latest", "best", "none"):
-        raise ValueError(f"resume must be 'latest', 'best' or 'none', not {resume!r}.")
+        raise OptionError(f"resume must be 'latest', 'best' or 'none', not {resume!r}.")
     if resume == "best" and not retention.metric:
-        raise ValueError("resume='best' needs Retention(metric=...) to say which checkpoint is best.")
+        raise OptionError("resume='best' needs Retention(metric=...) to say which checkpoint is best.")
 
 
 def resume_from(checkpoints: CheckpointDir, resume: Resume, components: Components, device: torch.device, *,
-                attempt: int) -> Resumed | None:
+                attempt: int, skipped: list[Skipped] | None = None) -> Resumed | None:
     """Load the checkpoint to start from into `components`; None means start fresh.
 
-    "best" ranks by the metric and mode of `checkpoints.retention`.
+    "best" ranks by the metric and mode of `checkpoints.retention`. Every checkpoint
+    tried and passed over (it does not verify or does not load) is appended to `skipped`.
     """
+    skipped = [] if skipped is None else skipped
     existing = checkpoints.step_dirs()
     if resume == "none":
         for path in existing:
@@ -69,28 +71,38 @@ def resume_from(checkpoints: CheckpointDir, resume: Resume, components: Componen
     if select == "best" and attempt > 1:
         log.info("attempt %d restarts the run: resuming from the latest checkpoint, not the best", attempt)
         select = "latest"
-    resumed = load_first(checkpoints, select, components, device)
+    resumed = load_first(checkpoints, select, components, device, skipped)
     if resumed is None and select == "best" and existing:
         log.warning("no valid checkpoint records %s; resuming from the latest instead", checkpoints.retention.metric)
-        resumed = load_first(checkpoints, "latest", components, device)
+        resumed = load_first(checkpoints, "latest", components, device, skipped,
+                             already={s.checkpoint for s in skipped})
     if resumed is None:
         why = f"none of the {len(existing)} checkpoints is usable" if existing else "no checkpoint yet"
         log.warning("starting fresh from epoch 0, step 0: %s in %s", why, checkpoints.root)
     return resumed
 
 
-def load_first(checkpoints: CheckpointDir, select: Select, components: Components,
-               device: torch.device) -> Resumed | None:
+def load_first(checkpoints: CheckpointDir, select: Select, components: Components, device: torch.device,
+               skipped: list[Skipped], already: set[str] = frozenset()) -> Resumed | None:
+    """Load the first checkpoint in `select` order that verifies and loads; the ones
+    passed over are appended to `skipped` (except those named in `already`)."""
     retention = checkpoints.retention
-    for checkpoint in checkpoints.verified(select, retention.metric, retention.mode):
-        try:
-            state = statefile.load(checkpoint.path / STATE_FILE, device)
-        except Exception as exc:
-            log.warning("checkpoint %s is not usable: %s cannot be loaded safely (%s); falling back to an older one",
-                        checkpoint.name, STATE_FILE, one_line(exc)[:200])
-            continue
-        return apply(components, checkpoint, state, select)
-    return None
+    rejected: list[Skipped] = []
+    try:
+        for checkpoint in checkpoints.verified(select, retention.metric, retention.mode, rejected):
+            if checkpoint.name in already:
+                continue
+            try:
+                state = statefile.load(checkpoint.path / STATE_FILE, device)
+            except Exception as exc:
+                log.warning("checkpoint %s is not usable: %s cannot be loaded safely (%s); falling back to an older one",
+                            checkpoint.name, STATE_FILE, one_line(exc)[:200])
+                rejected.append(Skipped(checkpoint.name, f"{STATE_FILE} cannot be loaded ({_first_sentence(exc)})"))
+                continue
+            return apply(components, checkpoint, state, select)
+        return None
+    finally:
+        skipped.extend(s for s in rejected if s.checkpoint not in already)
 
 
 def apply(components: Components, checkpoint: Checkpoint, state: dict[str, Any], select: Select) -> Resumed:
@@ -104,16 +116,26 @@ def apply(components: Components, checkpoint: Checkpoint, state: dict[str, Any],
     return resumed
 
 
-def set_aside_newer(checkpoints: CheckpointDir, chosen: Checkpoint) -> None:
+def set_aside_newer(checkpoints: CheckpointDir, chosen: Checkpoint | None) -> None:
+    """Set aside the checkpoints newer than `chosen` (all of them when starting fresh)."""
     for path in checkpoints.step_dirs():
-        if (parse_step_dir(path.name) or 0) > chosen.step:
+        if chosen is None:
+            checkpoints.set_aside(path, "no checkpoint is usable and the run starts fresh")
+        elif (parse_step_dir(path.name) or 0) > chosen.step:
             checkpoints.set_aside(path, f"the run resumes from the older {chosen.name}")
 
 
-def record(run_dir: Path | None, started_from: dict[str, Any]) -> None:
-    if run_dir is not None:
+def record(run_dir: Path | None, started_from: dict[str, Any], skipped: list[Skipped]) -> None:
+    """Write `resume.json` (see `trainsup.contracts.RESUME_FILE`)."""
+    if run_dir is None:
+        return
+    payload = {"select": "fresh", "checkpoint": None, "step": 0, **started_from,
+               "skipped": [s.to_json() for s in skipped]}
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / RESUME_FILE, started_from)
+        write_json_atomic(run_dir / RESUME_FILE, payload)
+    except OSError as exc:
+        log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
 
 
 def restore_rng(pending: dict[str, Any] | None, point: str) -> dict[str, Any] | None:
@@ -133,3 +155,9 @@ def check_epochs(epoch: int, num_epochs: int, resumed_from: Checkpoint | None) -
         )
     if epoch == num_epochs:
         log.info("all %d epochs are already done; nothing to train", num_epochs)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """`UnpicklingError: Weights only load failed`: the type and the first sentence, short."""
+    sentence = one_line(exc).split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= 120 else sentence[:119] + "…"

@@ -8,6 +8,8 @@ from typing import Iterator, Sized
 import torch
 from torch.utils.data import Sampler
 
+from trainsup.trainer.errors import OptionError
+
 
 class ResumableSampler(Sampler[int]):
     """Yields dataset indices in an order fixed by `(seed, epoch)`, from sample `start` on.
@@ -28,7 +30,7 @@ class ResumableSampler(Sampler[int]):
 
     def set_start(self, start: int) -> None:
         if not 0 <= start <= self.num_samples:
-            raise ValueError(f"start {start} is outside the epoch of {self.num_samples} samples")
+            raise OptionError(f"The start sample {start} is outside the epoch of {self.num_samples} samples.")
         self.start = start
 
     def order(self) -> list[int]:

@@ -12,7 +12,7 @@ import torch
 from trainsup.trainer import statefile
 from trainsup.trainer.background import BackgroundSave
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
-from trainsup.trainer.errors import CheckpointSaveError
+from trainsup.trainer.errors import CheckpointSaveError, OptionError
 from trainsup.trainer.log import get_logger
 from trainsup.trainer.statefile import STATE_FILE
 
@@ -33,9 +33,9 @@ class Saving:
 
     def __post_init__(self) -> None:
         if self.every_steps is not None and self.every_steps < 1:
-            raise ValueError("Saving every_steps must be at least 1, or None to save on time and epochs only.")
+            raise OptionError("Saving every_steps must be at least 1, or None to save on time and epochs only.")
         if self.every_seconds is not None and not self.every_seconds > 0:
-            raise ValueError("Saving every_seconds must be more than 0, or None to save on steps and epochs only.")
+            raise OptionError("Saving every_seconds must be more than 0, or None to save on steps and epochs only.")
 
 
 class Saver:

@@ -17,24 +17,24 @@ which checkpoint is best), `Batch` (the micro-batch and accumulation in force).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 
-from trainsup.batch import Batch, BatchError
+from trainsup.batch import Batch
 from trainsup.contracts import EXIT_PREEMPTED, Phase
+from trainsup.errors import TrainsupError
 from trainsup.trainer import rng, statefile
-from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
+from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 from trainsup.trainer.environment import TrainerEnv
-from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, TrainerError
+from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionError
 from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
 from trainsup.trainer.log import get_logger
-from trainsup.trainer.outcome import is_out_of_memory, one_line, write_exit_info
+from trainsup.trainer.outcome import exit_for_error, is_out_of_memory, one_line, write_exit_info
 from trainsup.trainer.resume import (
     Resume,
     Resumed,
@@ -53,8 +53,9 @@ from trainsup.trainer.step import Step
 from trainsup.trainer.stop import StopSignals
 
 log = get_logger()
-# Errors that end the run with one sentence on stderr, exit.json reason "error" and exit 1.
-_ONE_LINE_ERRORS = (TrainerError, BatchError)
+# Errors that end the run with one sentence on stderr and exit 1; exit.json says "error"
+# or, when the error's class says `restartable = False`, "config_error".
+_ONE_LINE_ERRORS = TrainsupError  # TrainerError, and trainsup.batch.BatchError
 
 
 class Session:
@@ -83,8 +84,7 @@ class Session:
         `ops` is the file-system seam of every save; `environ` replaces `os.environ`.
 
         Raises:
-            ValueError: an option that cannot be.
-            TrainerError: no checkpoint directory is given or set.
+            OptionError: an option that cannot be (also a ValueError), or no checkpoint directory.
         """
         check_resume(resume, retention)
         self.env = TrainerEnv.from_environ(environ)
@@ -92,7 +92,7 @@ class Session:
         self.extra = self.components.extra
         directory = checkpoint_dir if checkpoint_dir is not None else self.env.checkpoint_dir
         if directory is None:
-            raise TrainerError("No checkpoint directory: pass checkpoint_dir or run under trainsup (TRAINSUP_CHECKPOINT_DIR).")
+            raise OptionError("No checkpoint directory: pass checkpoint_dir or run under trainsup (TRAINSUP_CHECKPOINT_DIR).")
         self.checkpoint_dir = Path(directory).absolute()
         self.checkpoints = CheckpointDir(self.checkpoint_dir, ops, retention)
         self.saving = saving
@@ -143,9 +143,12 @@ class Session:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         try:
             if exc is None:
+                if self._signals.requested and not self._finished():
+                    self._preempt()  # the loop left the block on the stop request: checkpoint, exit 75
                 if self.saving.on_exit and self._saver.dirty:
                     self.save(wait=True)
                 self._saver.settle(raise_errors=True)
+                self._finish()
             elif isinstance(exc, SystemExit):
                 self._saver.settle()
             elif isinstance(exc, _ONE_LINE_ERRORS):
@@ -194,19 +197,32 @@ class Session:
         self._started = False
 
     def _fail(self, exc: Exception) -> None:
-        write_exit_info(self.env.run_dir, "error", self.step, str(exc))
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        exit_for_error(self.env.run_dir, exc, self.step)
+
+    def _finished(self) -> bool:
+        """Whether the loop got through every epoch it was given (True when it used no `epochs()`)."""
+        return self._num_epochs is None or self.epoch >= self._num_epochs
+
+    def _finish(self) -> None:
+        where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
+        epochs = f", epoch {self.epoch} of {self._num_epochs}" if self._num_epochs is not None else ""
+        write_exit_info(self.env.run_dir, "finished", self.step, f"finished at step {self.step}{epochs}; last checkpoint {where}")
 
     # -- resuming -------------------------------------------------------------
 
     def _resume(self) -> None:
-        resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt)
+        skipped: list[Skipped] = []
+        resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt,
+                              skipped=skipped)
         if resumed is None:
+            if skipped:  # every checkpoint was broken: say so, and keep later restarts from trying them again
+                set_aside_newer(self.checkpoints, None)
+                record(self.env.run_dir, self._started_from, skipped)
             return
         self._apply(resumed)
         set_aside_newer(self.checkpoints, resumed.checkpoint)
         self._started_from = resumed.started_from(self.env.attempt)
-        record(self.env.run_dir, self._started_from)
+        record(self.env.run_dir, self._started_from, skipped)
 
     def _apply(self, resumed: Resumed) -> None:
         self.step, self.epoch, self.position = resumed.step, resumed.epoch, resumed.position

@@ -17,6 +17,7 @@ import torch
 
 from trainsup.trainer.errors import ArchitectureMismatchError
 from trainsup.trainer.log import get_logger
+from trainsup.trainer.outcome import is_out_of_memory
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
@@ -117,13 +118,32 @@ def apply(components: Components, state: dict[str, Any], checkpoint: str) -> Non
         elif obj is not None and part not in state:
             log.warning("checkpoint %s has no %s state; the %s starts fresh", checkpoint, part, part)
         elif obj is not None:
-            obj.load_state_dict(state[part])
+            _load_state_dict(obj, state[part], f"The {part}", checkpoint)
     extra = state.get("extra", {})
     for key, value in extra.get("plain", {}).items():
         components.extra[key] = value
     for key, value in extra.get("stateful", {}).items():
         target = components.extra.get(key)
         if is_stateful(target):
-            target.load_state_dict(value)
+            _load_state_dict(target, value, f"The extra '{key}'", checkpoint)
         else:
             log.warning("checkpoint %s has state for extra '%s' but the session has no such object", checkpoint, key)
+
+
+def _load_state_dict(obj: Any, state: Any, what: str, checkpoint: str) -> None:
+    """`obj.load_state_dict(state)`; a state that does not fit (a size mismatch, other
+    parameter groups, missing keys) is an `ArchitectureMismatchError` of one sentence."""
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise ArchitectureMismatchError(f"{what} does not match checkpoint {checkpoint}: {_first_problem(exc)}.") from exc
+
+
+def _first_problem(exc: BaseException) -> str:
+    """The line of a load_state_dict error that names the problem, without its headline."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Error(s) in loading state_dict")] or lines
+    text = lines[0] if lines else exc.__class__.__name__
+    return text.rstrip(".")[:300]
