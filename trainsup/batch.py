@@ -20,6 +20,8 @@ from trainsup.errors import TrainsupError
 class BatchError(TrainsupError):
     """A batch that cannot be: sizes below 1, or a micro-batch that does not divide the global batch."""
 
+    restartable = False  # the same arguments fail the same way on every attempt
+
 
 @dataclass(frozen=True)
 class Batch:
