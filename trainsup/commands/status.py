@@ -71,7 +71,7 @@ def _last_checkpoint(row) -> dict | None:
     try:
         at = os.stat(os.path.join(row["checkpoint_dir"], name)).st_mtime
     except OSError:
-        at = None
+        return None  # removed, or set aside into quarantine/ since
     return {"name": name, "saved_at": at, "layout": None}
 
 

@@ -67,7 +67,7 @@ class Observation:
         if self.trainer_exit is not None and self.trainer_exit.detail:
             return self.trainer_exit.detail
         found = _ERROR_LINE.findall(self.log_tail)
-        return found[-1].strip()[:300] if found else None
+        return _shorten(found[-1].strip()) if found else None
 
     def describe(self) -> str:
         """How it ended, in a few words: `exit 1: RuntimeError: ...`, `killed by SIGKILL`, ..."""
@@ -132,6 +132,13 @@ def spawn_failure(job: Job, error: str, now: float) -> Observation:
 def _checkpoint_names(job: Job) -> tuple[str, ...]:
     resume = job.spec.resume
     return tuple(c.name for c in find_checkpoints(Path(job.checkpoint_dir), resume.checkpoint if resume else None))
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """At most `limit` characters, cut between words, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
 
 
 def _last_sign_of_life(attempt: Attempt) -> float:
