@@ -6,6 +6,7 @@ says which monitors are still alive. No process is started.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,28 @@ def test_only_live_attempts_are_touched(world: World) -> None:
     recover(after.store, after.attempts, after.clock.time())
     assert after.events(done) == events_before
     assert after.attempts.live == {}
+
+
+def test_a_daemon_that_died_after_quarantining_decides_the_same_after_restart(world: World) -> None:
+    """The move into quarantine/ is a file-system effect outside the transaction: redoing it is harmless."""
+    job_id = world.submit(restart={"jitter": 0, "initial": "1s"})
+    checkpoints = Path(world.job(job_id).checkpoint_dir)
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epoch=0-step=50.ckpt").write_bytes(b"good")
+    os.utime(checkpoints / "epoch=0-step=50.ckpt", (0, 0))
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    error = "Traceback (most recent call last):\nEOFError: Ran out of input\n"
+    first = world.start(job_id)
+    world.job_ended(first, exit_code=1, log=error)
+    world.poll()
+    world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
+    second = world.start(job_id)
+    world.job_ended(second, exit_code=1, log=error)
+    world.attempts._quarantine(world.job(job_id), "last.ckpt", world.clock.time())  # ... and the daemon dies here
+    after = world.reborn()
+    recover(after.store, after.attempts, after.clock.time())
+    job = after.job(job_id)
+    assert job.state is JobState.QUEUED
+    assert [p.name for p in (checkpoints / "quarantine").iterdir()] == ["last.ckpt"]
+    after.start(job_id)
+    assert after.store.attempts(job_id)[-1].checkpoint_before == "epoch=0-step=50.ckpt"
