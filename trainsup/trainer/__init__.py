@@ -6,6 +6,7 @@ See docs/trainer.md.
 
 from trainsup.batch import Batch, BatchError
 from trainsup.contracts import EXIT_PREEMPTED
+from trainsup.trainer.atomic import save_file
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention
 from trainsup.trainer.environment import TrainerEnv
 from trainsup.trainer.errors import (
@@ -44,6 +45,7 @@ __all__ = [
     "Step",
     "TrainerEnv",
     "TrainerError",
+    "save_file",
 ]
 
 install_excepthook()  # a trainsup error outside a session also ends in one sentence and exit.json
