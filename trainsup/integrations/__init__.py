@@ -1,0 +1,10 @@
+"""Adapters that give the training frameworks users already have what `trainsup.trainer` gives a plain loop.
+
+Each lives in its own module and imports its framework only when it is used, so importing
+this package costs nothing and needs no framework:
+
+- `trainsup.integrations.hf` — the Hugging Face `Trainer`: `TrainsupCallback`,
+  `resume_checkpoint`, `apply_batch`.
+
+Lightning, accelerate and torchrun/DDP adapters are not there yet. See docs/integrations.md.
+"""
