@@ -548,3 +548,17 @@ def test_the_example_job_runs_stops_and_resumes(tmp_path: Path) -> None:
     assert f"resuming from checkpoint-{stopped_at} (verified)" in rerun.stderr
     assert "finished at step 40" in rerun.stdout
     assert read_json(tmp_path / "run" / "exit.json")["reason"] == "finished"
+
+
+@pytest.mark.parametrize("error, reason", [("torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2 GiB')", "oom"),
+                                           ("ValueError('bad data')", "error")])
+def test_an_uncaught_exception_writes_exit_json(tmp_path: Path, error: str, reason: str) -> None:
+    pytest.importorskip("torch")
+    code = ("import torch\nfrom types import SimpleNamespace\nfrom trainsup.integrations.hf import apply_batch\n"
+            "apply_batch(SimpleNamespace(per_device_train_batch_size=8, gradient_accumulation_steps=1))\n"
+            f"raise {error}\n")
+    env = {**os.environ, "TRAINSUP_RUN_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "Traceback" in result.stderr, "the usual traceback"
+    record = read_json(tmp_path / "exit.json")
+    assert record["reason"] == reason and record["step"] is None, record
