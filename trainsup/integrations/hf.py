@@ -31,34 +31,28 @@ transformers and says so when it is missing.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from trainsup.batch import Batch
-from trainsup.contracts import (
-    ENV_ATTEMPT,
-    ENV_HEARTBEAT,
-    ENV_JOB_ID,
-    ENV_JOB_NAME,
-    ENV_RUN_DIR,
-    EXIT_FILE,
-    EXIT_PREEMPTED,
-    RESUME_FILE,
-    Heartbeat,
-    TrainerExit,
-    write_heartbeat,
+from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEMPTED, Phase
+from trainsup.durable import fsync_dir
+from trainsup.integrations.runtime import (
+    HEARTBEAT_INTERVAL,
+    env_int,
+    heartbeats,
+    log,
+    rank,
+    reject,
+    write_exit,
+    write_resume_record,
 )
-from trainsup.durable import fsync_dir, write_json_atomic
-from trainsup.layouts import QUARANTINE_DIR
 from trainsup.manifest import MANIFEST_NAME, InvalidCheckpointError, Manifest, digest_file, verify
 
 if TYPE_CHECKING:
@@ -69,23 +63,6 @@ __all__ = ["TrainsupCallback", "apply_batch", "checkpoints_of", "resume_checkpoi
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _MANIFEST_TEMP = f".{MANIFEST_NAME}.tmp-"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-HEARTBEAT_INTERVAL = 0.25
-
-
-def _logger() -> logging.Logger:
-    """One line per event on stderr, where the job log is (HF's own logging is left alone)."""
-    logger = logging.getLogger("trainsup.integrations")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s trainsup %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
-
-
-log = _logger()
 
 
 # --- the checkpoints of an output dir --------------------------------------------------------
@@ -133,13 +110,7 @@ def resume_checkpoint(output_dir: str | os.PathLike[str], *, environ: Mapping[st
         try:
             check_checkpoint(path, step)
         except InvalidCheckpointError as exc:
-            skipped.append({"checkpoint": path.name, "why": str(exc)})
-            if _rank(env) == 0:
-                where = _set_aside(root, path)
-                log.warning("checkpoint %s is not usable: %s; moved to %s, falling back to an older one",
-                            path.name, exc, os.path.relpath(where, root))
-            else:
-                log.warning("checkpoint %s is not usable: %s; falling back to an older one", path.name, exc)
+            skipped.append(reject(root, path, exc, move=rank(env) == 0))
             continue
         chosen = (step, path)
         break
@@ -147,40 +118,9 @@ def resume_checkpoint(output_dir: str | os.PathLike[str], *, environ: Mapping[st
         log.info("resuming from %s (verified)", chosen[1].name)
     elif skipped:
         log.warning("no checkpoint in %s verifies: starting fresh", root)
-    if chosen is not None or skipped:
-        _write_resume_record(env, chosen, skipped)
+    if (chosen is not None or skipped) and rank(env) == 0:
+        write_resume_record(chosen[1].name if chosen else None, chosen[0] if chosen else 0, skipped, env)
     return str(chosen[1]) if chosen else None
-
-
-def _set_aside(root: Path, path: Path) -> Path:
-    folder = root / QUARANTINE_DIR
-    folder.mkdir(mode=0o700, exist_ok=True)
-    target = folder / path.name
-    if os.path.lexists(target):
-        target = folder / f"{path.name}-{time.time_ns()}"
-    os.rename(path, target)
-    fsync_dir(folder)
-    fsync_dir(root)
-    return target
-
-
-def _write_resume_record(env: Mapping[str, str], chosen: tuple[int, Path] | None,
-                         skipped: list[dict[str, str]]) -> None:
-    run_dir = env.get(ENV_RUN_DIR)
-    if not run_dir or _rank(env) != 0:
-        return
-    record = {
-        "select": "latest" if chosen else "fresh",
-        "checkpoint": chosen[1].name if chosen else None,
-        "step": chosen[0] if chosen else 0,
-        "attempt": _int(env.get(ENV_ATTEMPT), 1),
-        "skipped": skipped,
-    }
-    try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(run_dir) / RESUME_FILE, record)
-    except OSError as exc:
-        log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
 
 
 # --- sealing ---------------------------------------------------------------------------------
@@ -276,18 +216,6 @@ def apply_batch(args: Any, *, environ: Mapping[str, str] | None = None) -> Batch
 # --- exit.json on an uncaught exception ---------------------------------------------------------
 
 
-def _write_exit(reason: str, step: int | None, detail: str, environ: Mapping[str, str] | None = None) -> None:
-    env = os.environ if environ is None else environ
-    run_dir = env.get(ENV_RUN_DIR)
-    if not run_dir:
-        return
-    try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(run_dir) / EXIT_FILE, TrainerExit(reason, step, detail).to_json())
-    except OSError as exc:
-        log.warning("cannot write %s/%s: %s", run_dir, EXIT_FILE, exc.strerror)
-
-
 _last_step: list[int | None] = [None]  # the newest step the callback saw, for exit.json from the hook
 
 
@@ -309,7 +237,7 @@ def _install_excepthook() -> None:
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if not isinstance(exc, TrainsupError):
             reason = "oom" if is_out_of_memory(exc) else "error"
-            _write_exit(reason, _last_step[0], one_line(exc))
+            write_exit(reason, _last_step[0], one_line(exc))
         previous(kind, exc, tb)
 
     hook._trainsup_hf = True  # type: ignore[attr-defined]
@@ -324,58 +252,31 @@ class _Hooks:
 
     def __init__(self, *, heartbeat_interval: float = HEARTBEAT_INTERVAL, handle_signals: bool = True,
                  ops: "FileOps | None" = None, environ: Mapping[str, str] | None = None) -> None:
-        env = dict(os.environ if environ is None else environ)
-        self._env = env
+        from trainsup.trainer.stop import StopSignals
+
+        self._env = dict(os.environ if environ is None else environ)
         self._ops = ops
         self._handle_signals = handle_signals
-        self._heartbeat_dir = Path(env[ENV_HEARTBEAT]) if env.get(ENV_HEARTBEAT) else None
-        self._rank = _rank(env)
-        self._interval = heartbeat_interval
-        self._last_beat = float("-inf")
-        self._beat_failed = False
+        self._beats = heartbeats(self._env, heartbeat_interval)
         self._rate_mark: tuple[float, int] | None = None
         self._loss: float | None = None
-        self._stop: str | None = None  # the signal that asked to stop
+        self._signals = StopSignals("will checkpoint at the next step and exit 75")
         self._stop_pending = False  # a save was asked for that stop
         self._preempted_at: int | None = None  # the step whose checkpoint the stop saved
-        self._previous_handlers: dict[int, Any] = {}
         self._started_from: dict[str, Any] = {}
         self.last_sealed: Path | None = None
         _install_excepthook()
 
-    # -- stop signals ---------------------------------------------------------------------------
-
     @property
     def stop_requested(self) -> str | None:
         """The name of the signal that asked to stop (e.g. "SIGTERM"), None before one came."""
-        return self._stop
-
-    def _install_signals(self) -> None:
-        if not self._handle_signals or self._previous_handlers:
-            return
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("not in the main thread: SIGTERM/SIGINT/SIGUSR1 will not checkpoint before exit")
-            return
-        for signum in STOP_SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _restore_signals(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self._stop is None:
-            self._stop = name
-            log.info("%s received: will checkpoint at the next step and exit 75", name)
-        else:
-            log.info("%s received again: still finishing the checkpoint", name)
+        return self._signals.requested
 
     # -- HF events --------------------------------------------------------------------------------
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._install_signals()
+        if self._handle_signals:
+            self._signals.install()
         if state.global_step:
             self._started_from = {"checkpoint": f"{CHECKPOINT_PREFIX}{state.global_step}", "step": state.global_step}
         _last_step[0] = state.global_step
@@ -383,7 +284,7 @@ class _Hooks:
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         _last_step[0] = state.global_step
-        if self._stop and not self._stop_pending and state.global_step < state.max_steps:
+        if self.stop_requested and not self._stop_pending and state.global_step < state.max_steps:
             control.should_save = True  # HF saves right after this event, then calls on_save
             self._stop_pending = True
         if control.should_save:
@@ -427,17 +328,17 @@ class _Hooks:
         self._beat(args, state, "train", force=True)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._restore_signals()
+        self._signals.restore()
         step = state.global_step
         where = self.last_sealed.name if self.last_sealed else "none"
         if self._preempted_at is not None:
-            _write_exit("preempted", step, f"{self._stop}: checkpoint {CHECKPOINT_PREFIX}{self._preempted_at} saved",
-                        self._env)
+            detail = f"{self.stop_requested}: checkpoint {CHECKPOINT_PREFIX}{self._preempted_at} saved"
+            write_exit("preempted", step, detail, self._env)
             log.info("stopping on %s after checkpoint %s%d; exit code 75 asks to be resumed",
-                     self._stop, CHECKPOINT_PREFIX, self._preempted_at)
+                     self.stop_requested, CHECKPOINT_PREFIX, self._preempted_at)
             raise SystemExit(EXIT_PREEMPTED)
-        _write_exit("finished", step, f"finished at step {step} of {state.max_steps}; last checkpoint {where}",
-                    self._env)
+        write_exit("finished", step, f"finished at step {step} of {state.max_steps}; last checkpoint {where}",
+                   self._env)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -457,26 +358,18 @@ class _Hooks:
             "metrics": {"loss": self._loss} if self._loss is not None else {},
             "started_from": dict(self._started_from),
             "job": {"id": self._env.get(ENV_JOB_ID), "name": self._env.get(ENV_JOB_NAME),
-                    "attempt": _int(self._env.get(ENV_ATTEMPT), 1)},
+                    "attempt": env_int(self._env.get(ENV_ATTEMPT), 1)},
         }
 
-    def _beat(self, args: Any, state: Any, phase: str, force: bool = False) -> None:
-        if self._heartbeat_dir is None:
+    def _beat(self, args: Any, state: Any, phase: Phase, force: bool = False) -> None:
+        if self._beats.directory is None or not (force or self._beats.due()):
             return
-        now = time.monotonic()
-        if not force and now - self._last_beat < self._interval:
-            return
-        self._last_beat = now
+        from trainsup.trainer.heartbeat import max_memory_bytes
+
         step = int(state.global_step)
-        record = Heartbeat(rank=self._rank, time=time.time(), step=step, epoch=int(state.epoch or 0), phase=phase,
-                           pid=os.getpid(), loss=self._loss, samples_per_s=self._samples_per_s(args, step, now),
-                           max_memory_bytes=_max_memory_bytes(), total_steps=int(state.max_steps or 0) or None)
-        try:
-            write_heartbeat(self._heartbeat_dir, record)
-        except OSError as exc:
-            if not self._beat_failed:
-                log.warning("cannot write heartbeat in %s: %s", self._heartbeat_dir, exc.strerror or exc)
-                self._beat_failed = True
+        self._beats.beat(step=step, epoch=int(state.epoch or 0), phase=phase, loss=self._loss, force=True,
+                         samples_per_s=self._samples_per_s(args, step, time.monotonic()),
+                         max_memory_bytes=max_memory_bytes(), total_steps=int(state.max_steps or 0) or None)
 
     def _samples_per_s(self, args: Any, step: int, now: float) -> float | None:
         mark, self._rate_mark = self._rate_mark, (now, step)
@@ -485,25 +378,6 @@ class _Hooks:
         per_step = (int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps)
                     * int(getattr(args, "world_size", 1) or 1))
         return (step - mark[1]) * per_step / (now - mark[0])
-
-
-def _max_memory_bytes() -> int | None:
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None)
-    if cuda is not None and cuda.is_available() and cuda.is_initialized():
-        return int(cuda.max_memory_allocated())
-    return None
-
-
-def _rank(env: Mapping[str, str]) -> int:
-    return _int(env.get("RANK"), 0)
-
-
-def _int(raw: str | None, default: int) -> int:
-    try:
-        return int(raw) if raw is not None else default
-    except ValueError:
-        return default
 
 
 try:

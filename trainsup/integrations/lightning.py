@@ -68,61 +68,32 @@ What it does not get:
 - Only `lightning` (`import lightning`); the `pytorch_lightning` package's Trainer
   does not accept these classes.
 
-Why a crash at any instant leaves the old or the new checkpoint loadable.
-A manifest lists the digests (size, sha256, global step, epoch) its checkpoint may
-have; a checkpoint is *sealed* when its bytes match one of them. A save of `P` runs:
-
-1. `torch.save` into `.P.tmp-<id>` (same directory), hashing; fsync it.
-2. Write the new manifest into `.P.manifest.json.tmp-<id>`: the new digest *and* the
-   digest of the `P` on disk now (when `P` exists and is sealed); fsync it.
-3. Rename it over `P.manifest.json`; fsync the directory.
-4. Rename `.P.tmp-<id>` over `P`; fsync the directory.
-5. Rewrite the manifest with the new digest only (same temp/fsync/rename/fsync).
-
-A crash in 1-2 leaves `P` and its manifest untouched (plus temp files, removed by
-the next `resume_checkpoint`). After 3 the manifest accepts both the old and the new
-bytes, and the directory fsync in 3 makes it durable *before* the rename of 4 is
-issued, so whichever of old or new `P` the directory holds after a power cut, its
-manifest accepts it: both renames are atomic and ordered. After 4 `P` is the new
-file, already fsync'd in 1. Step 5 only trims the manifest; a crash in it leaves a
-manifest that still accepts `P`. For a new name (`epoch=0-step=20.ckpt`) there is no
-old `P`: a crash between 3 and 4 leaves a manifest without its checkpoint, which is
-ignored and removed, and every older checkpoint is untouched. A checkpoint whose
-save was torn some other way (written without the plugin, truncated, a bit flipped)
-matches no digest and is never loaded.
+The save protocol, and why a crash at any instant leaves the old or the new checkpoint
+loadable: `trainsup.integrations.sidecar`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-import signal
-import threading
-import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from trainsup.batch import Batch
-from trainsup.contracts import (
-    ENV_ATTEMPT,
-    ENV_CHECKPOINT_DIR,
-    ENV_HEARTBEAT,
-    ENV_RUN_DIR,
-    EXIT_FILE,
-    EXIT_PREEMPTED,
-    RESUME_FILE,
-    Heartbeat,
-    TrainerExit,
-    write_heartbeat,
+from trainsup.contracts import ENV_CHECKPOINT_DIR, EXIT_PREEMPTED, Phase
+from trainsup.durable import fsync_dir
+from trainsup.integrations.runtime import heartbeats, log, reject, write_exit, write_resume_record
+from trainsup.integrations.sidecar import (
+    MANIFEST_SUFFIX,
+    UnverifiedCheckpointError,
+    clean_leftovers,
+    int_or_none,
+    manifest_path,
+    read_entries,
+    save_checkpoint_file,
+    verify_checkpoint,
 )
-from trainsup.durable import fsync_dir, write_json_atomic
-from trainsup.layouts import QUARANTINE_DIR, quarantine
-from trainsup.manifest import FileDigest, HashingWriter, InvalidCheckpointError, digest_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainsup.trainer.fsops import FileOps
@@ -140,184 +111,8 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-MANIFEST_SUFFIX = ".manifest.json"
-FORMAT = 1
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
 _STOP_NAME = re.compile(r"stop-step=(\d+)\.ckpt")
-_OOM_PHRASES = ("out of memory", "not enough memory")
-
-log = logging.getLogger("trainsup.integrations.lightning")
-if not log.handlers:
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("trainsup: %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
-class UnverifiedCheckpointError(InvalidCheckpointError):
-    """A `*.ckpt` that must not be loaded: no manifest, or bytes the manifest does not list."""
-
-
-# --- the manifest -----------------------------------------------------------------------
-
-
-def manifest_path(path: str | os.PathLike[str]) -> Path:
-    """The sidecar manifest of checkpoint `path`: `<name>.manifest.json` beside it."""
-    path = Path(path)
-    return path.with_name(path.name + MANIFEST_SUFFIX)
-
-
-def _entry(digest: FileDigest, step: int | None, epoch: int | None) -> dict[str, Any]:
-    return {"size": digest.size, "sha256": digest.sha256, "step": step, "epoch": epoch, "created": time.time()}
-
-
-def _manifest_bytes(name: str, entries: list[dict[str, Any]]) -> bytes:
-    import torch
-
-    payload = {"format": FORMAT, "file": name, "accepts": entries, "torch_version": torch.__version__}
-    return (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _read_entries(path: Path) -> list[dict[str, Any]]:
-    """The digests the manifest of `path` accepts.
-
-    Raises:
-        UnverifiedCheckpointError: no manifest, or one that does not parse.
-    """
-    sidecar = manifest_path(path)
-    try:
-        raw = json.loads(sidecar.read_bytes())
-    except FileNotFoundError:
-        raise UnverifiedCheckpointError(f"{path.name} has no manifest {sidecar.name}: it was not written "
-                                        f"by PowerSafeCheckpointIO, or its save did not finish") from None
-    except (OSError, ValueError) as exc:
-        raise UnverifiedCheckpointError(f"{sidecar.name} cannot be read ({exc.__class__.__name__})") from None
-    try:
-        if raw.get("format") != FORMAT:
-            raise UnverifiedCheckpointError(f"{sidecar.name} has format {raw.get('format')!r}, not {FORMAT}")
-        entries = [dict(e) for e in raw["accepts"]]
-        for e in entries:
-            int(e["size"]), str(e["sha256"])
-        return entries
-    except UnverifiedCheckpointError:
-        raise
-    except (TypeError, KeyError, ValueError, AttributeError):
-        raise UnverifiedCheckpointError(f"{sidecar.name} does not parse") from None
-
-
-def verify_checkpoint(path: str | os.PathLike[str], *, hashes: bool = True) -> dict[str, Any]:
-    """The manifest entry (size, sha256, step, epoch) that the bytes of `path` match.
-
-    With `hashes=False` only the size is compared (a `stat`, not a read).
-
-    Raises:
-        UnverifiedCheckpointError: missing, no manifest, or its bytes match no entry.
-    """
-    path = Path(path)
-    entries = _read_entries(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise UnverifiedCheckpointError(f"{path.name} is missing") from None
-    sized = [e for e in entries if int(e["size"]) == size]
-    if not sized:
-        expected = " or ".join(str(e["size"]) for e in entries)
-        raise UnverifiedCheckpointError(f"{path.name} has {size} bytes, its manifest says {expected}")
-    if not hashes:
-        return sized[0]
-    try:
-        actual = digest_file(path).sha256
-    except OSError as exc:
-        raise UnverifiedCheckpointError(f"{path.name} cannot be read ({exc.strerror})") from None
-    for entry in sized:
-        if entry["sha256"] == actual:
-            return entry
-    raise UnverifiedCheckpointError(f"{path.name} does not match its sha256 in {manifest_path(path).name}")
-
-
-# --- saving -----------------------------------------------------------------------------
-
-
-def _default_ops() -> "FileOps":
-    from trainsup.trainer.fsops import FileOps
-
-    return FileOps()
-
-
-def save_checkpoint_file(checkpoint: Any, path: str | os.PathLike[str], ops: "FileOps | None" = None) -> FileDigest:
-    """`torch.save(checkpoint)` to `path`, power-safe and sealed by its manifest (see the module doc).
-
-    Raises:
-        OSError (or what `torch.save` raises): nothing was committed; the previous `path`
-        and its manifest are untouched and still load.
-    """
-    import torch
-
-    ops = ops or _default_ops()
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp = directory / f".{path.name}.tmp-{token}"
-    sidecar = manifest_path(path)
-    sidecar_temp = directory / f".{sidecar.name}.tmp-{token}"
-    meta = checkpoint if isinstance(checkpoint, Mapping) else {}
-    step, epoch = _int_or_none(meta.get("global_step")), _int_or_none(meta.get("epoch"))
-    measured: list[HashingWriter] = []
-
-    def write(file: BinaryIO) -> None:
-        measured.append(HashingWriter(file))
-        torch.save(checkpoint, measured[0])  # type: ignore[arg-type]
-
-    try:
-        ops.write_file(temp, write)
-        ops.fsync_file(temp)
-        new = _entry(measured[0].digest(), step, epoch)
-        entries = [new, *_entries_of_current(path)]
-        ops.write_file(sidecar_temp, lambda file: file.write(_manifest_bytes(path.name, entries)))
-        ops.fsync_file(sidecar_temp)
-        ops.rename(sidecar_temp, sidecar)
-        ops.fsync_dir(directory)
-        ops.rename(temp, path)
-        ops.fsync_dir(directory)
-    except Exception:
-        for leftover in (temp, sidecar_temp):
-            _remove_quietly(ops, leftover)
-        raise
-    if len(entries) > 1:  # trim: only the new bytes are accepted from now on
-        trim_temp = directory / f".{sidecar.name}.tmp-{token}-trim"
-        try:
-            ops.write_file(trim_temp, lambda file: file.write(_manifest_bytes(path.name, [new])))
-            ops.fsync_file(trim_temp)
-            ops.rename(trim_temp, sidecar)
-            ops.fsync_dir(directory)
-        except Exception as exc:
-            _remove_quietly(ops, trim_temp)
-            log.warning("%s is saved; its manifest still also accepts the previous bytes (%s)", path.name, exc)
-    return measured[0].digest()
-
-
-def _entries_of_current(path: Path) -> list[dict[str, Any]]:
-    """The manifest entry of the `path` on disk now, kept while it is being replaced."""
-    if not path.exists():
-        return []
-    try:
-        entries = _read_entries(path)
-        # One entry of the right size: trust it without reading a large file. More (a trim
-        # interrupted by a crash): hash the file to keep only the one it matches.
-        return [verify_checkpoint(path, hashes=len(entries) > 1)]
-    except UnverifiedCheckpointError:
-        return []  # the file on disk was never loadable; nothing to keep loadable
-
-
-def _remove_quietly(ops: "FileOps", path: Path) -> None:
-    try:
-        if os.path.lexists(path):
-            ops.remove_file(path)
-    except Exception:  # best effort: resume_checkpoint removes it on the next start
-        pass
 
 
 # --- loading and resuming -----------------------------------------------------------------
@@ -351,9 +146,10 @@ def resume_checkpoint(dirpath: str | os.PathLike[str] | None = None, *, write_re
             raise ValueError(f"resume_checkpoint() needs a directory, or {ENV_CHECKPOINT_DIR} set")
     root = Path(dirpath)
     if not root.is_dir():
-        _write_resume_record(None, None, [], write_record)
+        if write_record:
+            write_resume_record(None, None, [])
         return None
-    _clean_leftovers(root)
+    clean_leftovers(root)
     skipped: list[dict[str, str]] = []
     chosen: Path | None = None
     chosen_step: int | None = None
@@ -361,17 +157,16 @@ def resume_checkpoint(dirpath: str | os.PathLike[str] | None = None, *, write_re
         try:
             entry = verify_checkpoint(path)
         except UnverifiedCheckpointError as exc:
-            where = _set_aside(root, path)
-            log.warning("checkpoint %s is not usable: %s; %s, falling back to an older one", path.name, exc, where)
-            skipped.append({"checkpoint": path.name, "why": str(exc)})
+            skipped.append(reject(root, path, exc, also=(manifest_path(path),)))
             continue
-        chosen, chosen_step = path, _int_or_none(entry.get("step"))
+        chosen, chosen_step = path, int_or_none(entry.get("step"))
         break
     if chosen is None:
         log.info("no verified checkpoint in %s: starting fresh", root)
     else:
         log.info("resuming from %s (global step %s, verified)", chosen.name, chosen_step)
-    _write_resume_record(chosen, chosen_step, skipped, write_record)
+    if write_record:
+        write_resume_record(chosen.name if chosen else None, chosen_step, skipped)
     return str(chosen) if chosen is not None else None
 
 
@@ -382,7 +177,7 @@ def _newest_first(root: Path) -> list[Path]:
             continue
         step: int | None = None
         try:
-            steps = [_int_or_none(e.get("step")) for e in _read_entries(path)]
+            steps = [int_or_none(e.get("step")) for e in read_entries(path)]
             step = max((s for s in steps if s is not None), default=None)
         except UnverifiedCheckpointError:
             pass
@@ -390,44 +185,6 @@ def _newest_first(root: Path) -> list[Path]:
             step = int(match.group(1))
         ranked.append((-1 if step is None else step, path.stat().st_mtime_ns, path.name, path))
     return [path for *_, path in sorted(ranked, reverse=True)]
-
-
-def _set_aside(root: Path, path: Path) -> str:
-    try:
-        target = quarantine(root, path.name)
-        if os.path.lexists(manifest_path(path)):
-            quarantine(root, manifest_path(path).name)
-    except OSError as exc:
-        return f"could not move it to {QUARANTINE_DIR}/ ({exc.strerror})"
-    return f"moved to {QUARANTINE_DIR}/{target.name if target else path.name}"
-
-
-def _clean_leftovers(root: Path) -> None:
-    """Remove the temp files of interrupted saves, and manifests whose checkpoint never got its name."""
-    for entry in root.iterdir():
-        name = entry.name
-        try:
-            if name.startswith(".") and ".tmp-" in name and (".ckpt.tmp-" in name or MANIFEST_SUFFIX + ".tmp-" in name):
-                log.info("removing %s left by an interrupted save", name)
-                entry.unlink()
-            elif name.endswith(".ckpt" + MANIFEST_SUFFIX) and not (root / name[: -len(MANIFEST_SUFFIX)]).exists():
-                log.info("removing %s: its checkpoint was never committed", name)
-                entry.unlink()
-        except OSError as exc:
-            log.warning("could not remove %s: %s", name, exc.strerror)
-
-
-def _write_resume_record(chosen: Path | None, step: int | None, skipped: list[dict[str, str]], enabled: bool) -> None:
-    run_dir = os.environ.get(ENV_RUN_DIR)
-    if not enabled or not run_dir:
-        return
-    payload = {"select": "latest" if chosen else "fresh", "checkpoint": chosen.name if chosen else None,
-               "step": step or 0, "attempt": _env_int(ENV_ATTEMPT), "skipped": skipped}
-    try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(run_dir) / RESUME_FILE, payload)
-    except OSError as exc:
-        log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
 
 
 # --- the batch --------------------------------------------------------------------------
@@ -442,65 +199,6 @@ def batch_from_env(micro: int, accum: int = 1) -> Batch:
         trainsup.batch.BatchError: a variable is not a positive whole number, or they disagree.
     """
     return Batch.from_env(micro, accum)
-
-
-# --- exit.json and heartbeats -----------------------------------------------------------
-
-
-def _write_exit(reason: str, step: int | None, detail: str) -> None:
-    run_dir = os.environ.get(ENV_RUN_DIR)
-    if not run_dir:
-        return
-    try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(run_dir) / EXIT_FILE, TrainerExit(reason, step, detail).to_json())
-    except OSError as exc:
-        log.warning("cannot write %s/%s: %s", run_dir, EXIT_FILE, exc.strerror)
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    if isinstance(exc, (MemoryError, oom_type)):
-        return True
-    return isinstance(exc, RuntimeError) and any(p in str(exc).lower() for p in _OOM_PHRASES)
-
-
-class _Beats:
-    """This rank's heartbeat file, rewritten at most every `interval` seconds; a no-op off trainsup."""
-
-    def __init__(self, directory: Path | None, interval: float) -> None:
-        self.directory = directory
-        self.interval = interval
-        self.rank = 0
-        self._last = float("-inf")
-        self._warned = False
-
-    def due(self) -> bool:
-        return self.directory is not None and time.monotonic() - self._last >= self.interval
-
-    def beat(self, step: int, epoch: int, phase: str, loss: float | None = None,
-             total: int | None = None, force: bool = False) -> None:
-        if self.directory is None or not (force or self.due()):
-            return
-        self._last = time.monotonic()
-        memory = None
-        try:
-            import torch
-
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                memory = torch.cuda.max_memory_allocated()
-        except Exception:
-            pass
-        record = Heartbeat(rank=self.rank, time=time.time(), step=step, epoch=epoch, phase=phase, pid=os.getpid(),
-                           loss=loss, max_memory_bytes=memory, total_steps=total)
-        try:
-            write_heartbeat(self.directory, record)
-        except OSError as exc:
-            if not self._warned:
-                log.warning("cannot write heartbeat in %s: %s", self.directory, exc.strerror or exc)
-                self._warned = True
 
 
 # --- the Lightning classes, built on first use ------------------------------------------
@@ -523,6 +221,9 @@ def _build_classes() -> None:
     except ImportError as exc:
         raise ImportError("trainsup.integrations.lightning: PowerSafeCheckpointIO and TrainsupCallback need "
                           "Lightning (pip install lightning); resume_checkpoint and batch_from_env do not") from exc
+    from trainsup.trainer.heartbeat import max_memory_bytes
+    from trainsup.trainer.outcome import is_out_of_memory, one_line
+    from trainsup.trainer.stop import StopSignals
 
     class PowerSafeCheckpointIO(TorchCheckpointIO):
         """Lightning's `TorchCheckpointIO`, made power-safe and verified (see the module doc).
@@ -586,41 +287,27 @@ def _build_classes() -> None:
             super().__init__()
             self.dirpath = Path(dirpath) if dirpath else None
             self.exit_code = exit_code
-            self.requested: str | None = None
-            self._previous: dict[int, Any] = {}
-            self._installed = False
+            self._signals = StopSignals(f"will checkpoint after the next training step and exit {exit_code}")
             self._last_step: int | None = None
-            heartbeat = os.environ.get(ENV_HEARTBEAT)
-            self._beats = _Beats(Path(heartbeat) if heartbeat else None, heartbeat_interval)
+            self._beats = heartbeats(interval=heartbeat_interval)
 
-        # -- signals --
-        def _handle(self, signum: int, frame: FrameType | None) -> None:
-            name = signal.Signals(signum).name
-            if self.requested is None:
-                self.requested = name
-                log.info("%s received: will checkpoint after the next training step and exit %d", name,
-                         self.exit_code)
-            else:
-                log.info("%s received again: still finishing the checkpoint", name)
+        @property
+        def requested(self) -> str | None:
+            """The name of the signal that asked to stop (e.g. "SIGTERM"), None before one came."""
+            return self._signals.requested
 
-        def _install(self) -> None:
-            if self._installed:
+        @requested.setter
+        def requested(self, name: str | None) -> None:
+            self._signals.requested = name
+
+        def _beat(self, trainer: Any, phase: Phase, loss: float | None = None, force: bool = False) -> None:
+            if not (force or self._beats.due()):
                 return
-            if threading.current_thread() is not threading.main_thread():
-                log.warning("not in the main thread: a stop will not checkpoint before exit")
-                return
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            self._installed = True
+            self._beats.beat(step=trainer.global_step, epoch=trainer.current_epoch, phase=phase, loss=loss,
+                             max_memory_bytes=max_memory_bytes(), total_steps=_total_steps(trainer), force=force)
 
         def _restore(self) -> None:
-            if not self._installed:
-                return
-            for signum, handler in self._previous.items():
-                if signal.getsignal(signum) == self._handle:
-                    signal.signal(signum, handler)
-            self._previous.clear()
-            self._installed = False
+            self._signals.restore(only_ours=True)
 
         # -- hooks --
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -632,20 +319,18 @@ def _build_classes() -> None:
             if getattr(connector, "received_sigterm", False):
                 self.requested = self.requested or "SIGTERM"
                 connector.received_sigterm = False
-            self._install()
+            self._signals.install()
             self._last_step = trainer.global_step
             if self.dirpath is None:
                 self.dirpath = _default_dirpath(trainer)
-            self._beats.beat(trainer.global_step, trainer.current_epoch, "start", total=_total_steps(trainer),
-                             force=True)
+            self._beat(trainer, "start", force=True)
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             step = trainer.global_step
             stepped = step != self._last_step
             self._last_step = step
-            if self._beats.due():
-                self._beats.beat(step, trainer.current_epoch, "train", loss=_loss_of(outputs),
-                                 total=_total_steps(trainer))
+            if self._beats.due():  # the loss is read only for a beat that is written
+                self._beat(trainer, "train", loss=_loss_of(outputs))
             if self.requested is None or not stepped:
                 return  # never stop inside an accumulation window: its gradients are in no checkpoint
             self._stop(trainer, step)
@@ -653,16 +338,16 @@ def _build_classes() -> None:
         def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                     batch_idx: int, dataloader_idx: int = 0) -> None:
             if not trainer.sanity_checking:
-                self._beats.beat(trainer.global_step, trainer.current_epoch, "eval", total=_total_steps(trainer))
+                self._beat(trainer, "eval")
 
         def _stop(self, trainer: Any, step: int) -> None:
             assert self.dirpath is not None
             path = self.dirpath / f"stop-step={step}.ckpt"
-            self._beats.beat(step, trainer.current_epoch, "checkpoint", total=_total_steps(trainer), force=True)
+            self._beat(trainer, "checkpoint", force=True)
             trainer.save_checkpoint(str(path))
             if trainer.is_global_zero:
                 self._remove_older_stop_checkpoints(trainer, step)
-                _write_exit("preempted", step, f"checkpointed at global step {step} on {self.requested}")
+                write_exit("preempted", step, f"checkpointed at global step {step} on {self.requested}")
             log.info("%s: saved %s at global step %d, exiting %d", self.requested, path.name, step, self.exit_code)
             self._restore()
             raise SystemExit(self.exit_code)
@@ -682,9 +367,9 @@ def _build_classes() -> None:
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
             step = trainer.global_step
-            self._beats.beat(step, trainer.current_epoch, "train", total=_total_steps(trainer), force=True)
+            self._beat(trainer, "train", force=True)
             if trainer.is_global_zero:
-                _write_exit("finished", step, _why_finished(trainer))
+                write_exit("finished", step, _why_finished(trainer))
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
             self._restore()
@@ -694,10 +379,10 @@ def _build_classes() -> None:
             if isinstance(exception, SystemExit):
                 if exception.code != self.exit_code and type(exception).__name__ == "SIGTERMException":
                     # Lightning's own SIGTERM path, before training started: nothing was trained.
-                    _write_exit("preempted", step, "stopped before training started; nothing to save")
+                    write_exit("preempted", step, "stopped before training started; nothing to save")
                 return
-            if _is_out_of_memory(exception):
-                _write_exit("oom", step, str(exception).strip().splitlines()[0][:300] if str(exception) else "")
+            if is_out_of_memory(exception):
+                write_exit("oom", step, one_line(exception))
 
     for cls in (PowerSafeCheckpointIO, TrainsupCallback):
         cls.__module__, cls.__qualname__ = __name__, cls.__name__  # picklable by reference
@@ -741,15 +426,3 @@ def _why_finished(trainer: Any) -> str:
     if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
         return f"fit ended at global step {step} after {trainer.current_epoch} epochs (max_epochs)"
     return f"fit ended at global step {step} (stopped early)"
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _env_int(name: str) -> int | None:
-    try:
-        return int(os.environ.get(name, ""))
-    except ValueError:
-        return None
-

@@ -1,0 +1,109 @@
+"""What every framework adapter does the same way: its log, `exit.json`, `resume.json`,
+setting an unusable checkpoint aside, and the trainer library's stop signals and heartbeats.
+
+Importing this module needs neither torch nor a framework. `write_exit` and `heartbeats`,
+called inside training only, import `trainsup.trainer` (and with it torch) when first
+called: the framework has loaded torch by then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainsup.contracts import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_RUN_DIR, RESUME_FILE, ExitReason
+from trainsup.durable import write_json_atomic
+from trainsup.layouts import QUARANTINE_DIR, quarantine
+
+if TYPE_CHECKING:
+    from trainsup.trainer.heartbeat import HeartbeatWriter
+
+HEARTBEAT_INTERVAL = 0.25
+
+
+def _logger() -> logging.Logger:
+    """One line per event on stderr, where the job log is (the framework's own logging is left alone)."""
+    logger = logging.getLogger("trainsup.integrations")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s trainsup %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+log = _logger()
+
+
+def env_int(raw: str | None, default: int) -> int:
+    """`raw` as a whole number; `default` when it is unset or not a number."""
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
+
+
+def rank(env: Mapping[str, str]) -> int:
+    """This process's global rank under torchrun (`RANK`), 0 without it."""
+    return env_int(env.get("RANK"), 0)
+
+
+# --- the run files ------------------------------------------------------------------------------
+
+
+def write_exit(reason: ExitReason, step: int | None, detail: str, environ: Mapping[str, str] | None = None) -> None:
+    """`$TRAINSUP_RUN_DIR/exit.json` (nothing off trainsup), as the trainer library writes it."""
+    from trainsup.trainer.outcome import write_exit_info
+
+    run_dir = (os.environ if environ is None else environ).get(ENV_RUN_DIR)
+    write_exit_info(Path(run_dir) if run_dir else None, reason, step, detail)
+
+
+def write_resume_record(chosen: str | None, step: int | None, skipped: list[dict[str, str]],
+                        environ: Mapping[str, str] | None = None) -> None:
+    """`$TRAINSUP_RUN_DIR/resume.json`: the checkpoint chosen (None: a fresh start) and the ones passed over."""
+    env = os.environ if environ is None else environ
+    run_dir = env.get(ENV_RUN_DIR)
+    if not run_dir:
+        return
+    record = {"select": "latest" if chosen else "fresh", "checkpoint": chosen, "step": step or 0,
+              "attempt": env_int(env.get(ENV_ATTEMPT), 1), "skipped": skipped}
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(run_dir) / RESUME_FILE, record)
+    except OSError as exc:
+        log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
+
+
+def reject(root: Path, path: Path, why: BaseException, *, move: bool = True, also: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Log that checkpoint `path` is not usable and (with `move`) set it and the files in
+    `also` aside into `<root>/quarantine/`; its entry for `resume.json`'s "skipped"."""
+    where = ""
+    if move:
+        try:
+            target = quarantine(root, path.name)
+            for extra in also:
+                if os.path.lexists(extra):
+                    quarantine(root, extra.name)
+            where = f"moved to {QUARANTINE_DIR}/{target.name if target else path.name}, "
+        except OSError as exc:
+            where = f"could not move it to {QUARANTINE_DIR}/ ({exc.strerror}), "
+    log.warning("checkpoint %s is not usable: %s; %sfalling back to an older one", path.name, why, where)
+    return {"checkpoint": path.name, "why": str(why)}
+
+
+# --- inside training (torch is loaded) ------------------------------------------------------------
+
+
+def heartbeats(environ: Mapping[str, str] | None = None, interval: float = HEARTBEAT_INTERVAL) -> "HeartbeatWriter":
+    """The trainer library's rate-limited writer of `$TRAINSUP_HEARTBEAT/rank-<RANK>.json` (a no-op without it)."""
+    from trainsup.trainer.heartbeat import HeartbeatWriter
+
+    env = os.environ if environ is None else environ
+    directory = Path(env[ENV_HEARTBEAT]) if env.get(ENV_HEARTBEAT) else None
+    return HeartbeatWriter(directory, rank(env), interval)
