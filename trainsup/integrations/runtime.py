@@ -8,9 +8,7 @@ called: the framework has loaded torch by then.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING
 from trainsup.contracts import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_RUN_DIR, RESUME_FILE, ExitReason
 from trainsup.durable import write_json_atomic
 from trainsup.layouts import QUARANTINE_DIR, quarantine
+from trainsup.textlog import get_logger
 
 if TYPE_CHECKING:
     from trainsup.trainer.heartbeat import HeartbeatWriter
@@ -25,19 +24,7 @@ if TYPE_CHECKING:
 HEARTBEAT_INTERVAL = 0.25
 
 
-def _logger() -> logging.Logger:
-    """One line per event on stderr, where the job log is (the framework's own logging is left alone)."""
-    logger = logging.getLogger("trainsup.integrations")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s trainsup %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
-
-
-log = _logger()
+log = get_logger("trainsup.integrations")  # the framework's own logging is left alone
 
 
 def env_int(raw: str | None, default: int) -> int:

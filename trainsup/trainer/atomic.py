@@ -21,7 +21,7 @@ import torch
 
 from trainsup.trainer.errors import CheckpointSaveError
 from trainsup.trainer.fsops import FileOps
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 
 _TEMP_MARK = ".tmp-"
 

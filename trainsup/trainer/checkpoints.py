@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal, Mapping
 from trainsup.contracts import parse_step_dir, step_dir_name
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
 from trainsup.trainer.fsops import FileOps, Writer
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 from trainsup.manifest import (
     MANIFEST_NAME,
     FileDigest,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from trainsup.contracts import Heartbeat, Phase, write_heartbeat
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 
 
 class HeartbeatWriter:

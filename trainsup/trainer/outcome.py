@@ -19,7 +19,7 @@ from trainsup.contracts import ENV_RUN_DIR, EXIT_FILE, ExitReason, TrainerExit
 from trainsup.durable import write_json_atomic
 from trainsup.errors import TrainsupError
 from trainsup.trainer.errors import is_restartable
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 
 _OOM_PHRASES = ("out of memory", "not enough memory")
 

@@ -19,7 +19,7 @@ from trainsup.contracts import RESUME_FILE, parse_step_dir
 from trainsup.durable import write_json_atomic
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.errors import EpochOutOfRangeError, OptionError
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 from trainsup.trainer.outcome import one_line
 from trainsup.trainer.statefile import STATE_FILE, Components
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped

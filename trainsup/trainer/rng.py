@@ -46,7 +46,7 @@ def restore(state: dict[str, Any]) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
         else:
-            from trainsup.trainer.log import get_logger
+            from trainsup.textlog import get_logger
 
             get_logger().warning(
                 "the checkpoint has CUDA RNG states for %d devices, this run sees %d; CUDA RNG not restored",

@@ -13,7 +13,7 @@ from trainsup.trainer import statefile
 from trainsup.trainer.background import BackgroundSave
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 from trainsup.trainer.statefile import STATE_FILE
 
 log = get_logger()

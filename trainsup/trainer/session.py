@@ -33,7 +33,7 @@ from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionE
 from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 from trainsup.trainer.outcome import exit_for_error, is_out_of_memory, one_line, write_exit_info
 from trainsup.trainer.resume import (
     Resume,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainsup.trainer.errors import ArchitectureMismatchError
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 from trainsup.trainer.outcome import is_out_of_memory
 
 STATE_FILE = "state.pt"

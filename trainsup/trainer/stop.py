@@ -7,7 +7,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from trainsup.trainer.log import get_logger
+from trainsup.textlog import get_logger
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
