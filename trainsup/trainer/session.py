@@ -11,6 +11,8 @@
 The session resumes from the newest valid checkpoint on entry, tells the loop where to
 start (epoch, step, sample inside the epoch), saves when due, writes heartbeats, and
 turns SIGTERM/SIGINT/SIGUSR1 into "checkpoint, then exit 75" at the next step boundary.
+Under `torch.distributed` (torchrun) rank 0 writes every checkpoint while the other ranks
+wait on a barrier, every rank loads the same one, and a stop seen by any rank stops all.
 The options come in small frozen objects: `Saving` (when), `Retention` (what stays, and
 which checkpoint is best), `Batch` (the micro-batch and accumulation in force).
 """
@@ -29,7 +31,7 @@ from trainsup.errors import TrainsupError
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 from trainsup.trainer.environment import TrainerEnv
-from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionError
+from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionError, TrainerError
 from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
@@ -124,6 +126,13 @@ class Session:
         self._rate = SampleRate()
         self._num_epochs: int | None = None
         self._phase: Phase = "train"
+        self._group: _Group | None = None
+        self._world = 1  # the sampler's number of replicas: positions are global samples
+
+    @property
+    def _writer(self) -> bool:
+        """Whether this process writes checkpoints and run records: rank 0, or the only process."""
+        return self._group is None or self._group.rank == 0
 
     @property
     def last_checkpoint(self) -> Checkpoint | None:
@@ -145,7 +154,7 @@ class Session:
             if exc is None:
                 if self._signals.requested and not self._finished():
                     self._preempt()  # the loop left the block on the stop request: checkpoint, exit 75
-                if self.saving.on_exit and self._saver.dirty:
+                if self.saving.on_exit and self._agreed(self._saver.dirty):
                     self.save(wait=True)
                 self._saver.settle(raise_errors=True)
                 self._finish()
@@ -171,16 +180,23 @@ class Session:
         """Lock the directory, install handlers, and load the checkpoint to resume from."""
         if self._started:
             return self
+        self._group = _Group.current()
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if not self.env.supervised:
+        if not self.env.supervised and self._writer:
             self._lock.acquire()
         self._started = True
         try:
             register_stack_dumps()
             if self.handle_signals:
                 self._signals.install()
-            self.checkpoints.prepare()
-            self._resume()
+            if self._writer:
+                self.checkpoints.prepare()
+                self._resume()
+            if self._group is not None:
+                self._group.barrier()  # rank 0 has cleaned up and set aside; the others load what it chose
+                if not self._writer:
+                    self._resume_reader()
+                self._group.check_same_start(self.resumed_from.name if self.resumed_from else "fresh")
         except BaseException:
             self.close()
             raise
@@ -203,7 +219,13 @@ class Session:
         """Whether the loop got through every epoch it was given (True when it used no `epochs()`)."""
         return self._num_epochs is None or self.epoch >= self._num_epochs
 
+    def _agreed(self, flag: bool) -> bool:
+        """`flag` as rank 0 sees it (the rank that saves), on every rank."""
+        return flag if self._group is None else self._group.from_writer(flag)
+
     def _finish(self) -> None:
+        if not self._writer:
+            return
         where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
         epochs = f", epoch {self.epoch} of {self._num_epochs}" if self._num_epochs is not None else ""
         write_exit_info(self.env.run_dir, "finished", self.step, f"finished at step {self.step}{epochs}; last checkpoint {where}")
@@ -224,10 +246,22 @@ class Session:
         self._started_from = resumed.started_from(self.env.attempt)
         record(self.env.run_dir, self._started_from, skipped)
 
+    def _resume_reader(self) -> None:
+        """A rank other than 0: load the checkpoint rank 0 chose (now the newest that verifies), touching nothing."""
+        if self.resume == "none":
+            return
+        resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt)
+        if resumed is not None:
+            self._apply(resumed)
+            self._started_from = resumed.started_from(self.env.attempt)
+
     def _apply(self, resumed: Resumed) -> None:
         self.step, self.epoch, self.position = resumed.step, resumed.epoch, resumed.position
         self._consumed = self.position
         self._pending_rng = resumed.pending_rng
+        ranks = self._pending_rng["states"].get("ranks")
+        if self._group is not None and ranks and len(ranks) == self._group.world:
+            self._pending_rng = {**self._pending_rng, "states": ranks[self._group.rank]}  # this rank's own RNG
         self._saved_batch = resumed.batch
         self.metrics.update(resumed.checkpoint.manifest.metrics)
         self.resumed_from = self._saver.last = resumed.checkpoint
@@ -264,11 +298,12 @@ class Session:
         self._set_batch(Batch(loader.batch_size, accum))
         micro = loader.batch_size
         sampler.set_epoch(self.epoch)
-        sampler.set_start(min(self.position, sampler.num_samples))
-        total = sampler.num_samples
+        sampler.set_start(min(self.position, sampler.total_size))  # global: every rank at the same place
+        self._world = sampler.num_replicas
+        total = sampler.rank_samples  # this rank's samples in the epoch (all of them without sharding)
         if self._num_epochs:
             self.total_steps = self._num_epochs * -(-total // (micro * accum))  # for the ETA in `trainsup status`
-        self._consumed = sampler.start
+        self._consumed = sampler.rank_start
         iterator = iter(loader)
         self._iterator_this_epoch = True
         self._pending_rng = restore_rng(self._pending_rng, "in_epoch")
@@ -296,7 +331,7 @@ class Session:
         """The optimizer step is complete: count it, beat, and save or stop if due."""
         self._require_started()
         self.step += 1
-        self.position = self._consumed
+        self.position = self._consumed * self._world
         self._step_open = self._mid_step = False
         self._saver.dirty = True
         self.report(**metrics)
@@ -322,7 +357,13 @@ class Session:
     def _boundary(self, periodic_save: bool) -> None:
         self._phase = "train"
         self._beat("train")
-        if self._signals.requested:
+        stop = self._signals.requested is not None
+        if self._group is not None:  # one decision for all ranks: a stop on any rank, or a save due on any
+            # only the agreed flag counts: a signal landing after the all_reduce waits for the next boundary
+            stop, periodic_save = self._group.any(stop, periodic_save)
+            if stop and not self._signals.requested:
+                self._signals.requested = "a stop on another rank"
+        if stop:
             self._preempt()
         elif periodic_save:
             try:
@@ -354,9 +395,28 @@ class Session:
         self._saver.settle()
         self._beat("checkpoint", force=True)
         try:
-            return self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
+            if self._group is None:
+                return self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
+            return self._save_distributed(wait)
         finally:
             self._beat(self._phase, force=True)
+
+    def _save_distributed(self, wait: bool) -> Checkpoint | None:
+        """Every rank calls this at the same step: rank 0 writes (with every rank's RNG
+        states) while the others wait on a barrier before and after."""
+        assert self._group is not None
+        own = rng.capture()
+        ranks = self._group.gather(own)
+        self._group.barrier()
+        try:
+            if not self._writer:
+                self._saver.dirty = False
+                return None
+            state = self._collect()
+            state["rng"] = {**own, "ranks": ranks}
+            return self._saver.save(self.step, state, self._meta(), wait=wait)
+        finally:
+            self._group.barrier()
 
     def wait_for_save(self) -> Checkpoint | None:
         """Block until a background save is durable; return it (None if none was in flight).
@@ -392,10 +452,13 @@ class Session:
     def _preempt(self) -> None:
         name = self._signals.requested
         self._saver.settle()
-        if self._saver.dirty or self.last_checkpoint is None:
+        if self._agreed(self._saver.dirty or self.last_checkpoint is None):
             self.save(wait=True)
         where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
-        write_exit_info(self.env.run_dir, "preempted", self.step, f"{name}: checkpoint {where} saved")
+        if not self._writer:
+            where = f"of step {self.step} (written by rank 0)"
+        if self._writer:
+            write_exit_info(self.env.run_dir, "preempted", self.step, f"{name}: checkpoint {where} saved")
         log.info("stopping on %s after checkpoint %s; exit code 75 asks to be resumed", name, where)
         raise SystemExit(EXIT_PREEMPTED)
 
@@ -418,3 +481,41 @@ def _device_of(model: torch.nn.Module | None) -> torch.device:
         for tensor in model.parameters():
             return tensor.device
     return torch.device("cpu")
+
+
+class _Group:
+    """The initialized `torch.distributed` default group of more than one process."""
+
+    def __init__(self, world: int, rank: int) -> None:
+        self.world, self.rank = world, rank
+
+    @classmethod
+    def current(cls) -> "_Group | None":
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(dist.get_world_size(), dist.get_rank())
+        return None
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over all ranks (one all_reduce)."""
+        tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return [bool(v) for v in tensor.tolist()]
+
+    def from_writer(self, flag: bool) -> bool:
+        tensor = torch.tensor([int(flag)], dtype=torch.int32)
+        torch.distributed.broadcast(tensor, src=0)
+        return bool(tensor.item())
+
+    def gather(self, value: Any) -> list[Any]:
+        values: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def check_same_start(self, name: str) -> None:
+        names = self.gather(name)
+        if len(set(names)) != 1:
+            raise TrainerError(f"The ranks resumed from different checkpoints: {', '.join(names)}.")

@@ -1,0 +1,195 @@
+"""torchrun / DDP with trainsup.trainer: 2 real gloo processes on CPU, killed and stopped.
+
+`tests/jobs/ddp_job.py` trains a DDP model on a sharded `ResumableSampler` (95 samples:
+padded to 96, 48 a rank, 6 optimizer steps an epoch, 3 epochs, a save every 4 steps and
+at each epoch's end). Runs interrupted by a SIGKILL of one rank (torchrun, run with
+`--max-restarts 0`, then tears the group down) and rerun must end bit-exact equal to
+an uninterrupted 2-process run; a stop seen by torchrun or by one rank alone must make
+every rank checkpoint and exit 75 together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from trainsup.trainer import ResumableSampler
+
+JOB = Path(__file__).resolve().parents[1] / "jobs" / "ddp_job.py"
+_TORCHRUN = Path(sys.executable).parent / "torchrun"
+TORCHRUN = [str(_TORCHRUN)] if _TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]
+STEPS = 18
+
+
+# -- the sampler's sharding, in one process ---------------------------------------
+
+
+@pytest.mark.parametrize(("size", "world"), [(10, 3), (12, 4), (7, 2)])
+def test_shards_are_distributed_sampler_shards(size: int, world: int) -> None:
+    for rank in range(world):
+        ours = ResumableSampler(size, shuffle=False, num_replicas=world, rank=rank)
+        theirs = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=False)
+        assert list(ours) == list(theirs) and len(ours) == len(theirs)
+
+
+def test_shards_cover_the_seeded_epoch_order_and_resume_at_a_global_position() -> None:
+    whole = ResumableSampler(10, seed=4)
+    shards = [ResumableSampler(10, seed=4, num_replicas=3, rank=r) for r in range(3)]
+    order = whole.order()
+    assert all(s.total_size == 12 and len(s) == 4 for s in shards)
+    assert sorted(i for s in shards for i in s) == sorted(order + order[:2])  # padded like DistributedSampler
+    for rank, shard in enumerate(shards):
+        assert list(shard) == (order + order[:2])[rank::3]
+        shard.set_start(6)  # 6 samples of the epoch done: 2 rounds of 3 ranks
+        assert list(shard) == (order + order[:2])[rank::3][2:] and len(shard) == 2
+    dropped = ResumableSampler(10, seed=4, num_replicas=3, rank=2, drop_last=True)
+    assert dropped.total_size == 9 and list(dropped) == order[2:9:3]
+
+
+def test_without_a_process_group_nothing_changes() -> None:
+    sampler = ResumableSampler(10, seed=1)
+    assert sampler.num_replicas == 1 and sampler.total_size == 10
+    sampler.set_start(3)
+    assert list(sampler) == sampler.order()[3:] and len(sampler) == 7
+
+
+# -- real torchrun ----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINSUP_")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra or {}))
+    return env
+
+
+def _command(tmp: Path, *args: str) -> list[str]:
+    return [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "0", str(JOB),
+            "--out", str(tmp / "final.pt"), *args]
+
+
+def torchrun(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Run:
+    done = subprocess.run(_command(tmp, "--checkpoint-dir", str(tmp / "ckpt"), *args), env=_env(env),
+                          capture_output=True, text=True, timeout=120)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def torchrun_stopped(tmp: Path, env: dict[str, str], stop_when: str, target: str) -> tuple[Run, int]:
+    """Start torchrun, and once a rank printed `stop_when`, send SIGTERM to torchrun or to rank 1 only."""
+    process = subprocess.Popen(_command(tmp, "--step-delay", "0.15", "--save-every", "100"), env=_env(env),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: dict[int, int] = {}
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        words = line.split()
+        if words[:2] == ["event", "rank"] and "pid" in words:
+            pids[int(words[2])] = int(words[4])
+        if stop_when in line:
+            break
+    else:
+        pytest.fail("".join(lines) + process.stderr.read() if process.stderr else "")
+    step_at_stop = int(stop_when.split()[-1])
+    os.kill(process.pid if target == "torchrun" else pids[1], signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    return Run(process.returncode, "".join(lines) + stdout, stderr), step_at_stop
+
+
+def _worker_lines(run: Run) -> str:
+    """The trainer's log lines and the job's events, without torchrun's tracebacks."""
+    return "\n".join(line for line in (run.stdout + run.stderr).splitlines() if "trainsup" in line or "event" in line)
+
+
+def assert_same(a: Any, b: Any, where: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)} differ"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted 2-process run."""
+    tmp = tmp_path_factory.mktemp("ddp-reference")
+    run = torchrun(tmp)
+    assert run.returncode == 0, run.stderr[-3000:]
+    final = torch.load(tmp / "final.pt", weights_only=True)
+    assert final["step"] == STEPS
+    return final
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[str, Any], tmp_path: Path) -> None:
+    rnd = random.Random(11)
+    plan = [
+        f"1:{rnd.randint(1, 3)}:micro",   # rank 1 between micro-batches, before the first checkpoint
+        f"0:{rnd.randint(5, 7)}:micro",   # rank 0 mid-step, epoch 0 or 1
+        f"1:{rnd.randint(9, 11)}",        # rank 1 at a step boundary, epoch 1
+        f"0:{rnd.randint(13, 16)}",       # rank 0 in the last epoch
+    ]
+    started = time.monotonic()
+    for kill in plan:
+        run = torchrun(tmp_path, "--kill", kill)
+        assert run.returncode != 0, (kill, run.stdout[-2000:])
+        assert not (tmp_path / "final.pt").exists(), kill
+    run = torchrun(tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("resuming from") == 2, "both ranks resume"
+    assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
+    print(f"{len(plan)} kills + the finishing run in {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["torchrun", "rank-1"])
+def test_a_stop_reaches_every_rank_they_save_and_exit_75_together(
+    reference: dict[str, Any], tmp_path: Path, target: str
+) -> None:
+    run_dir, beats, ckpt = tmp_path / "run", tmp_path / "hb", tmp_path / "ckpt"
+    env = {"TRAINSUP_JOB_ID": "job-1", "TRAINSUP_RUN_DIR": str(run_dir), "TRAINSUP_HEARTBEAT": str(beats),
+           "TRAINSUP_CHECKPOINT_DIR": str(ckpt)}
+    run, step_at_stop = torchrun_stopped(tmp_path, env, "step 4", target)
+    stops = [line for line in run.stderr.splitlines() if "exit code 75 asks to be resumed" in line]
+    assert len(stops) == 2, _worker_lines(run)  # both ranks, at the same step
+    assert run.stderr.count("SIGTERM received") == (2 if target == "torchrun" else 1), run.stderr[-3000:]
+    exit_info = json.loads((run_dir / "exit.json").read_text())
+    assert exit_info["reason"] == "preempted" and exit_info["step"] >= step_at_stop, exit_info
+    saved = ckpt / f"step-{exit_info['step']:09d}"
+    assert (saved / "manifest.json").is_file() and len(list(ckpt.glob("step-*"))) == 1
+    assert f"step {exit_info['step'] + 1}" not in run.stdout, "no rank trained past the stop"
+    beats_by_rank = [json.loads((beats / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [b["step"] for b in beats_by_rank] == [exit_info["step"]] * 2, beats_by_rank
+    assert beats_by_rank[0]["pid"] != beats_by_rank[1]["pid"], "each rank beats its own heartbeat"
+    if target == "rank-1":
+        assert "a stop on another rank" in run.stderr
+        return
+    done = subprocess.run(_command(tmp_path), env=_env(env), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count(f"resuming from {saved}") == 2
+    assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
