@@ -193,3 +193,50 @@ def test_a_stop_reaches_every_rank_they_save_and_exit_75_together(
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count(f"resuming from {saved}") == 2
     assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
+
+
+# -- under the real daemon --------------------------------------------------------
+
+
+def _beat(tmp_path: Path, job: str, attempt: int, rank: int) -> dict[str, Any] | None:
+    path = tmp_path / "state" / "jobs" / job / f"attempt-{attempt}.run" / "heartbeat" / f"rank-{rank}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _training(tmp_path: Path, job: str, attempt: int, beyond: int) -> dict[str, Any] | None:
+    beat = _beat(tmp_path, job, attempt, 1)
+    return beat if beat and beat["phase"] == "train" and beat["step"] >= beyond + 2 else None
+
+
+@pytest.mark.slow
+def test_under_the_daemon_a_rank_sigkill_and_a_stop_each_resume_exactly(
+    reference: dict[str, Any], cli: Any, daemon: Any, tmp_path: Path
+) -> None:
+    from support import wait_for, write_spec
+
+    out, ckpt = tmp_path / "final.pt", tmp_path / "ckpt"
+    command = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "0", str(JOB),
+               "--out", str(out), "--step-delay", "0.1"]
+    spec = write_spec(tmp_path / "ddp.yaml", name="ddp", command=command, checkpoint_dir=str(ckpt),
+                      env={"OMP_NUM_THREADS": "1"}, grace_period="60s",
+                      restart={"initial": "1s", "jitter": 0, "max_restarts": 5})
+    daemon.start()
+    job = cli.submit(spec)
+    beat = wait_for(lambda: _training(tmp_path, job, 1, 4), 60, 0.05, "attempt 1 to train")
+    os.kill(beat["pid"], signal.SIGKILL)  # rank 1 only; torchrun tears the group down
+    beat = wait_for(lambda: _training(tmp_path, job, 2, 4), 60, 0.05, "attempt 2 to resume and train")
+    first = cli.job(job)["attempts"][0]
+    assert first["exit_code"] != 0 and first["reason"] != "interrupted", first
+    assert daemon.stop(timeout=90) == 0
+    status = cli.job(job)
+    second = status["attempts"][1]
+    assert status["state"] == "queued" and second["reason"] == "interrupted", status
+    exit_info = json.loads((tmp_path / "state" / "jobs" / job / "attempt-2.run" / "exit.json").read_text())
+    assert exit_info["reason"] == "preempted" and exit_info["step"] >= beat["step"], exit_info
+    daemon.start()
+    final = cli.wait_state(job, "succeeded", "failed", "cancelled", timeout=120)
+    assert final["state"] == "succeeded", final
+    assert_same(reference, torch.load(out, weights_only=True))
