@@ -109,6 +109,8 @@ class Session:
         self.metrics: dict[str, float] = {}
         self.resumed_from: Checkpoint | None = None
         self.total_steps: int | None = None
+        self.steps_in_epoch: int | None = None  # the true optimizer steps of this epoch (set by steps())
+        self.step_in_epoch = 0  # 0-based index of the current step in the epoch; after the loop, steps_in_epoch
 
         self._saver = Saver(self.checkpoints, saving)
         self._heartbeat = HeartbeatWriter(self.env.heartbeat_dir, self.env.rank)
@@ -304,6 +306,9 @@ class Session:
         if self._num_epochs:
             self.total_steps = self._num_epochs * -(-total // (micro * accum))  # for the ETA in `trainsup status`
         self._consumed = sampler.rank_start
+        epoch_batches = total // micro if loader.drop_last else -(-total // micro)
+        self.steps_in_epoch = -(-epoch_batches // accum)
+        self.step_in_epoch = min(-(-(self._consumed // micro) // accum), self.steps_in_epoch)
         iterator = iter(loader)
         self._iterator_this_epoch = True
         self._pending_rng = restore_rng(self._pending_rng, "in_epoch")
@@ -319,13 +324,14 @@ class Session:
             self._mid_step = True
 
         while (size := min(accum, batches_left())) > 0:
-            step = Step(iterator, size, pulled)
+            step = Step(iterator, size, pulled, index=self.step_in_epoch, of=self.steps_in_epoch)
             self._step_open = True
             yield step
             if step.pulled < step.size:
                 raise LoopUsageError("Iterate over every micro-batch of a step before asking for the next step.")
             if self._step_open:
                 self.step_done()
+            self.step_in_epoch += 1
 
     def step_done(self, **metrics: Any) -> None:
         """The optimizer step is complete: count it, beat, and save or stop if due."""

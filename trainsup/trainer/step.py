@@ -6,10 +6,17 @@ from typing import Any, Callable, Iterator
 
 
 class Step:
-    """Iterate it once; `len(step)` is how many micro-batches it has (scale the loss by it)."""
+    """Iterate it once; `len(step)` is how many micro-batches it has (scale the loss by it).
 
-    def __init__(self, iterator: Iterator[Any], size: int, on_pull: Callable[[], None]) -> None:
+    `index` is this step's 0-based place in the epoch and `of` the epoch's true number of
+    optimizer steps, both counted over the whole epoch even after a mid-epoch resume.
+    """
+
+    def __init__(self, iterator: Iterator[Any], size: int, on_pull: Callable[[], None],
+                 index: int = 0, of: int = 0) -> None:
         self.size = size
+        self.index = index
+        self.of = of
         self.pulled = 0
         self._iterator = iterator
         self._on_pull = on_pull

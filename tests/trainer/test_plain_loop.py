@@ -1,0 +1,64 @@
+"""The plain loop: true steps per epoch after a mid-epoch resume, best checkpoints that
+carry the metric of their own step, and fine-tuning a new run from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainsup.trainer import ResumableSampler, Retention, Saving, Session
+
+DATA = TensorDataset(torch.randn(40, 4, generator=torch.Generator().manual_seed(1)))
+
+
+def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def session_for(path: Path, model: Any = None, optimizer: Any = None, **kwargs: Any) -> Session:
+    kwargs.setdefault("handle_signals", False)
+    kwargs.setdefault("environ", {})
+    return Session(model, optimizer, checkpoint_dir=path, **kwargs)
+
+
+def run_epochs(path: Path, epochs: int, stop_after: tuple[int, int] | None = None) -> tuple[list[float], list[tuple]]:
+    """Train; per-epoch mean loss from a running sum over `session.steps_in_epoch`.
+    `stop_after=(epoch, steps)` leaves the block after that many steps of that epoch."""
+    model, optimizer = make()
+    extra: dict[str, Any] = {"sum": 0.0, "means": []}
+    seen: list[tuple] = []
+    loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
+    with session_for(path, model, optimizer, extra=extra, saving=Saving(every_seconds=None)) as session:
+        for epoch in session.epochs(epochs):
+            for step in session.steps(loader, grad_accum=2):
+                seen.append((epoch, step.index, step.of, session.step_in_epoch, session.steps_in_epoch))
+                for (x,) in step:
+                    loss = model(x).pow(2).mean() / len(step)
+                    loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                extra["sum"] += model(DATA.tensors[0][:4]).pow(2).mean().item()
+                session.step_done()
+                if stop_after == (epoch, step.index + 1):
+                    return extra["means"], seen  # on_exit saves mid-epoch
+            assert session.step_in_epoch == session.steps_in_epoch
+            extra["means"].append(extra["sum"] / session.steps_in_epoch)
+            extra["sum"] = 0.0
+    return extra["means"], seen
+
+
+def test_mid_epoch_resume_reports_the_whole_epoch(tmp_path: Path) -> None:
+    straight, seen = run_epochs(tmp_path / "a", 3)
+    assert [s[1] for s in seen] == [0, 1, 2, 3, 4] * 3 and {s[2] for s in seen} == {5}
+    _, first = run_epochs(tmp_path / "b", 3, stop_after=(1, 3))
+    assert first[-1] == (1, 2, 5, 2, 5)
+    resumed, second = run_epochs(tmp_path / "b", 3)
+    # the resumed loader has only 2 steps (4 batches) left in epoch 1, but the session knows 5
+    assert second[:2] == [(1, 3, 5, 3, 5), (1, 4, 5, 4, 5)]
+    assert resumed == straight
