@@ -62,3 +62,48 @@ def test_mid_epoch_resume_reports_the_whole_epoch(tmp_path: Path) -> None:
     # the resumed loader has only 2 steps (4 batches) left in epoch 1, but the session knows 5
     assert second[:2] == [(1, 3, 5, 3, 5), (1, 4, 5, 4, 5)]
     assert resumed == straight
+
+
+def manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_a_mid_epoch_save_does_not_inherit_the_epochs_metric(tmp_path: Path) -> None:
+    model, optimizer = make()
+    loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
+    vals = [0.5, 0.9]
+    retention = Retention(keep_last=None, keep_best=1, metric="val")
+    with session_for(tmp_path, model, optimizer, retention=retention,
+                     saving=Saving(every_steps=3, every_seconds=None)) as session:
+        for epoch in session.epochs(2):
+            for step in session.steps(loader, grad_accum=2):
+                for (x,) in step:
+                    model(x).pow(2).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                session.step_done(loss=1.0)
+            session.report(val=vals[epoch])
+    # steps 3, 6, 9 are mid-epoch saves; 5 and 10 end the epochs with val 0.5 and 0.9
+    assert manifest(tmp_path / "step-000000005")["metrics"] == {"loss": 1.0, "val": 0.5}
+    for step in (6, 9):
+        assert manifest(tmp_path / f"step-00000000{step}")["metrics"] == {"loss": 1.0}
+    assert manifest(tmp_path / "step-000000010")["metrics"]["val"] == 0.9
+    assert next(session.checkpoints.verified("best", "val", "min")).step == 5
+    # resuming keeps the metrics for heartbeats, but the next save does not claim them
+    with session_for(tmp_path, *make(), retention=retention) as resumed:
+        assert resumed.metrics["val"] == 0.9
+        resumed.step_done(loss=2.0)
+        resumed.save(wait=True)
+    assert manifest(tmp_path / "step-000000011")["metrics"] == {"loss": 2.0}
+
+
+def test_ties_keep_the_older_checkpoint(tmp_path: Path) -> None:
+    retention = Retention(keep_last=1, keep_best=1, metric="val", mode="max")
+    model, optimizer = make()
+    with session_for(tmp_path, model, optimizer, retention=retention, saving=Saving(every_seconds=None)) as session:
+        for val in (0.3, 0.7, 0.7, 0.7, 0.2):
+            session.step_done(val=val)
+            session.save(wait=True)
+    assert sorted(p.name for p in session.checkpoints.step_dirs()) == ["step-000000002", "step-000000005"]
+    with session_for(tmp_path, *make(), retention=retention, resume="best") as resumed:
+        assert resumed.resumed_from is not None and resumed.resumed_from.step == 2

@@ -72,7 +72,8 @@ class Skipped:
 class Retention:
     """Keep the newest `keep_last` checkpoints and the `keep_best` best by `metric`.
 
-    `metric` and `mode` also say which checkpoint is best for `Session(resume="best")`.
+    `metric` and `mode` also say which checkpoint is best for `Session(resume="best")`;
+    of checkpoints with the same value the older one ranks first.
     """
 
     keep_last: int | None = 3
@@ -252,7 +253,7 @@ class CheckpointDir:
         for newest_first, path in enumerate(dirs):
             value = _metric_of(path, metric)
             if value is not None:
-                scored.append((value if mode == "min" else -value, newest_first, path))
+                scored.append((value if mode == "min" else -value, -newest_first, path))  # ties: the older
         return [path for *_, path in sorted(scored)]
 
     # -- removing -------------------------------------------------------------

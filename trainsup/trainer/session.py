@@ -107,6 +107,7 @@ class Session:
         self.step = 0
         self.position = 0
         self.metrics: dict[str, float] = {}
+        self._fresh: set[str] = set()  # metrics reported since the last save: only these go into its manifest
         self.resumed_from: Checkpoint | None = None
         self.total_steps: int | None = None
         self.steps_in_epoch: int | None = None  # the true optimizer steps of this epoch (set by steps())
@@ -350,6 +351,7 @@ class Session:
                 value = value.item()
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.metrics[key] = float(value)
+                self._fresh.add(key)
 
     def beat(self, phase: Phase = "eval") -> None:
         """A rate-limited heartbeat from inside a long evaluation or data loop."""
@@ -402,8 +404,11 @@ class Session:
         self._beat("checkpoint", force=True)
         try:
             if self._group is None:
-                return self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
-            return self._save_distributed(wait)
+                saved = self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
+            else:
+                saved = self._save_distributed(wait)
+            self._fresh.clear()  # a later save does not inherit them: it was not measured at them
+            return saved
         finally:
             self._beat(self._phase, force=True)
 
@@ -450,7 +455,7 @@ class Session:
             "torch_version": torch.__version__,
             "created": time.time(),
             "batch": self.batch.as_dict() if self.batch else {},
-            "metrics": dict(self.metrics),
+            "metrics": {key: value for key, value in self.metrics.items() if key in self._fresh},
             "started_from": dict(self._started_from),
             "job": {"id": self.env.job_id, "name": self.env.job_name, "attempt": self.env.attempt},
         }
