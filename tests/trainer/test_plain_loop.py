@@ -107,3 +107,65 @@ def test_ties_keep_the_older_checkpoint(tmp_path: Path) -> None:
     assert sorted(p.name for p in session.checkpoints.step_dirs()) == ["step-000000002", "step-000000005"]
     with session_for(tmp_path, *make(), retention=retention, resume="best") as resumed:
         assert resumed.resumed_from is not None and resumed.resumed_from.step == 2
+
+
+def test_fine_tune_a_new_run_from_the_best_checkpoint(tmp_path: Path) -> None:
+    pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
+    model, optimizer = make()
+    loader = DataLoader(DATA, batch_size=4, sampler=ResumableSampler(DATA, seed=3))
+    retention = Retention(keep_last=None, metric="val")
+    with session_for(pretrain, model, optimizer, retention=retention, saving=Saving(every_seconds=None)) as session:
+        for epoch in session.epochs(3):
+            for step in session.steps(loader):
+                for (x,) in step:
+                    model(x).pow(2).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                session.step_done()
+            session.report(val=[0.4, 0.1, 0.3][epoch])
+    best = pretrain / "step-000000020"
+    best_weights = torch.load(best / "state.pt", weights_only=True)["model"]
+
+    model2 = make()[0]
+    optimizer2 = torch.optim.Adam(model2.parameters(), lr=1e-3)  # a different, fresh optimizer
+    run_dir = tmp_path / "run"
+    with session_for(finetune, model2, optimizer2, retention=retention, init_from=f"best:{pretrain}",
+                     environ={"TRAINSUP_RUN_DIR": str(run_dir)}) as session:
+        assert (session.epoch, session.step, session.resumed_from) == (0, 0, None)
+        for key, value in model2.state_dict().items():
+            assert torch.equal(value, best_weights[key])
+        assert optimizer2.state_dict()["state"] == {}
+        session.step_done(loss=1.0)
+        session.save(wait=True)
+    origin = {"path": str(best), "checkpoint": "step-000000020", "step": 20, "select": "best",
+              "metrics": {"val": 0.1}}
+    assert manifest(finetune / "step-000000001")["started_from"]["origin"] == origin
+    assert json.loads((run_dir / "resume.json").read_text())["origin"] == origin
+    assert (pretrain / "step-000000030").is_dir()  # the source run is untouched
+
+    # a restart of the new run resumes its own checkpoint and keeps recording the origin
+    with session_for(finetune, *make(), retention=retention, init_from=f"best:{pretrain}") as session:
+        assert session.resumed_from is not None and session.step == 1
+        session.step_done()
+        session.save(wait=True)
+    assert manifest(finetune / "step-000000002")["started_from"]["origin"] == origin
+
+    # any checkpoint directory works too
+    model3 = make()[0]
+    with session_for(tmp_path / "other", model3, None, init_from=pretrain / "step-000000010") as session:
+        session.step_done()
+        session.save(wait=True)
+    assert manifest(tmp_path / "other" / "step-000000001")["started_from"]["origin"]["step"] == 10
+
+
+def test_init_from_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    import pytest
+    from trainsup.trainer.errors import OptionError
+
+    with pytest.raises(OptionError, match="outside this run's checkpoint_dir"):
+        session_for(tmp_path, *make(), init_from=f"latest:{tmp_path}")
+    with pytest.raises(OptionError, match="needs Retention"):
+        session_for(tmp_path / "a", *make(), init_from=f"best:{tmp_path / 'b'}")
+    session = session_for(tmp_path / "a", *make(), init_from=f"latest:{tmp_path / 'b'}")
+    with pytest.raises(OptionError, match="no checkpoint there verifies"):
+        session.start()

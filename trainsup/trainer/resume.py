@@ -17,6 +17,7 @@ import torch
 from trainsup.batch import Batch
 from trainsup.contracts import RESUME_FILE, parse_step_dir
 from trainsup.durable import write_json_atomic
+from trainsup.manifest import InvalidCheckpointError, verify
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.errors import EpochOutOfRangeError, OptionError
 from trainsup.textlog import get_logger
@@ -161,3 +162,54 @@ def _first_sentence(exc: BaseException) -> str:
     """`UnpicklingError: Weights only load failed`: the type and the first sentence, short."""
     sentence = one_line(exc).split(". ")[0].rstrip(".")
     return sentence if len(sentence) <= 120 else sentence[:119] + "…"
+
+
+def init_source(spec: str | Path, retention: Retention) -> tuple[Path, str]:
+    """Parse `Session(init_from=...)`: `"best:<dir>"`, `"latest:<dir>"`, or a checkpoint
+    directory `.../step-…`, into (where, "best" | "latest" | "path")."""
+    text = str(spec)
+    for select in ("best", "latest"):
+        if text.startswith(select + ":"):
+            if select == "best" and not retention.metric:
+                raise OptionError("init_from='best:…' needs Retention(metric=...) to say which checkpoint is best.")
+            return Path(text[len(select) + 1:]).absolute(), select
+    return Path(text).absolute(), "path"
+
+
+def init_weights(spec: str | Path, retention: Retention, components: Components,
+                 device: torch.device) -> dict[str, Any]:
+    """Load only the model weights of the checkpoint `spec` names (verified, `weights_only`);
+    the optimizer and the rest stay fresh. Returns the origin to record in the manifests.
+
+    Raises:
+        OptionError: no usable checkpoint there, or no model to load into.
+        ArchitectureMismatchError: the weights do not fit the model.
+    """
+    where, select = init_source(spec, retention)
+    if components.model is None:
+        raise OptionError("init_from needs a model to load the weights into.")
+    if select == "path":
+        try:
+            manifest = verify(where)
+        except InvalidCheckpointError as exc:
+            raise OptionError(f"init_from {where} is not a usable checkpoint: {exc}.") from None
+        checkpoint = Checkpoint(where, manifest)
+    else:
+        source = CheckpointDir(where, retention=retention)
+        found = source.verified(select, retention.metric, retention.mode) if where.is_dir() else iter(())
+        checkpoint = next(found, None)
+        if checkpoint is None:
+            what = f"records {retention.metric}" if select == "best" else "verifies"
+            raise OptionError(f"init_from {select}:{where}: no checkpoint there {what}.")
+    try:
+        state = statefile.load(checkpoint.path / STATE_FILE, device)
+    except Exception as exc:
+        raise OptionError(f"init_from {checkpoint.path}: {STATE_FILE} cannot be loaded ({_first_sentence(exc)}).") from None
+    if "model" not in state:
+        raise OptionError(f"init_from {checkpoint.path}: the checkpoint holds no model weights.")
+    statefile.check_architecture(components.model, state["model"], checkpoint.name)
+    components.model.load_state_dict(state["model"])
+    log.info("starting a new run from the weights of %s (step %d); optimizer and progress are fresh",
+             checkpoint.path, checkpoint.step)
+    return {"path": str(checkpoint.path), "checkpoint": checkpoint.name, "step": checkpoint.step,
+            "select": select, "metrics": dict(checkpoint.manifest.metrics)}

@@ -42,6 +42,8 @@ from trainsup.trainer.resume import (
     Resumed,
     check_epochs,
     check_resume,
+    init_source,
+    init_weights,
     record,
     restore_rng,
     resume_from,
@@ -78,12 +80,16 @@ class Session:
         ops: FileOps | None = None,
         handle_signals: bool = True,
         environ: Mapping[str, str] | None = None,
+        init_from: str | Path | None = None,
     ) -> None:
         """Wrap a training loop; nothing touches the disk before `start()` (or `with`).
 
         `checkpoint_dir` defaults to `TRAINSUP_CHECKPOINT_DIR`; `resume="best"` ranks by
         `retention.metric` (first attempt only); `batch` is e.g. `Batch.from_env(64, 2)`;
         `ops` is the file-system seam of every save; `environ` replaces `os.environ`.
+        `init_from` ("best:<dir>", "latest:<dir>" or a `step-…` directory) starts a new run
+        from that checkpoint's model weights only, with a fresh optimizer, when
+        `checkpoint_dir` has no checkpoint to resume; the manifests record it as `origin`.
 
         Raises:
             OptionError: an option that cannot be (also a ValueError), or no checkpoint directory.
@@ -102,6 +108,11 @@ class Session:
         self.batch = batch
         self.device = torch.device(device) if device is not None else _device_of(model)
         self.handle_signals = handle_signals
+        self.init_from = init_from
+        if init_from is not None:
+            source, _ = init_source(init_from, retention)
+            if source == self.checkpoint_dir or self.checkpoint_dir in source.parents:
+                raise OptionError("init_from must name a checkpoint outside this run's checkpoint_dir.")
 
         self.epoch = 0
         self.step = 0
@@ -242,21 +253,40 @@ class Session:
         if resumed is None:
             if skipped:  # every checkpoint was broken: say so, and keep later restarts from trying them again
                 set_aside_newer(self.checkpoints, None)
+            if self.init_from is not None:
+                self._init_weights()
+            if skipped or self.init_from is not None:
                 record(self.env.run_dir, self._started_from, skipped)
             return
         self._apply(resumed)
         set_aside_newer(self.checkpoints, resumed.checkpoint)
-        self._started_from = resumed.started_from(self.env.attempt)
+        self._started_from = self._with_origin(resumed)
         record(self.env.run_dir, self._started_from, skipped)
+
+    def _init_weights(self) -> None:
+        origin = init_weights(self.init_from, self.checkpoints.retention, self.components, self.device)
+        self._started_from = {**self._started_from, "origin": origin}
+
+    def _with_origin(self, resumed: Resumed) -> dict[str, Any]:
+        """Where this resume started from, keeping the origin of a run begun with `init_from`."""
+        started = resumed.started_from(self.env.attempt)
+        origin = resumed.checkpoint.manifest.started_from.get("origin")
+        if self.init_from is not None and origin is None:
+            log.info("init_from is not used: %s resumes from its own %s", self.checkpoint_dir, resumed.checkpoint.name)
+        return {**started, "origin": origin} if origin is not None else started
 
     def _resume_reader(self) -> None:
         """A rank other than 0: load the checkpoint rank 0 chose (now the newest that verifies), touching nothing."""
         if self.resume == "none":
+            if self.init_from is not None:
+                self._init_weights()
             return
         resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt)
         if resumed is not None:
             self._apply(resumed)
-            self._started_from = resumed.started_from(self.env.attempt)
+            self._started_from = self._with_origin(resumed)
+        elif self.init_from is not None:
+            self._init_weights()
 
     def _apply(self, resumed: Resumed) -> None:
         self.step, self.epoch, self.position = resumed.step, resumed.epoch, resumed.position
