@@ -261,6 +261,18 @@ def parse_step_dir(name: str) -> int | None:
     return int(digits)
 
 
+# The Hugging Face Trainer's (and accelerate's, as trainsup saves it) `checkpoint-N/`.
+HF_CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+
+
+def parse_hf_checkpoint_dir(name: str) -> int | None:
+    """N of a `checkpoint-N` name, None for any other name."""
+    digits = name[len(HF_CHECKPOINT_PREFIX):]
+    if not (name.startswith(HF_CHECKPOINT_PREFIX) and digits.isdigit() and digits.isascii()):
+        return None
+    return int(digits)
+
+
 # --- exclusive locks (flock) -------------------------------------------------------
 
 

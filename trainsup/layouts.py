@@ -24,7 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
-from trainsup.contracts import LOCK_FILE, parse_step_dir
+from trainsup.contracts import LOCK_FILE, parse_hf_checkpoint_dir, parse_step_dir
 from trainsup.durable import fsync_dir
 from trainsup.manifest import InvalidCheckpointError, verify
 
@@ -151,7 +151,7 @@ def _dir_layout(name: str, path: Path) -> str | None:
         except InvalidCheckpointError:
             return None
         return TRAINER
-    if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+    if parse_hf_checkpoint_dir(name) is not None:
         return HF
     return None
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainsup.batch import Batch
-from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEMPTED, Phase
+from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEMPTED, HF_CHECKPOINT_PREFIX, Phase
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
     env_int,
@@ -67,8 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpoints", "batch_from_env", "data_position", "epoch_batches", "load_state", "save_state"]
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-checkpoint-"
+TEMP_PREFIX = f".tmp-{HF_CHECKPOINT_PREFIX}"
 _TEMP_NAME = re.compile(r"\.tmp-checkpoint-\d+-\d+")
 
 
@@ -167,7 +166,7 @@ def save_state(accelerator: Any, output_dir: str | os.PathLike[str], step: int, 
 
         ops = FileOps()
     root = Path(output_dir)
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
+    final = root / f"{HF_CHECKPOINT_PREFIX}{step}"
     main = bool(getattr(accelerator, "is_main_process", True))
     if main:
         root.mkdir(parents=True, exist_ok=True)
@@ -301,8 +300,8 @@ class Checkpoints:
         """`load_state`: the step of the checkpoint loaded, None for a fresh start."""
         step = load_state(self.accelerator, self.output_dir, environ=self._env)
         if step is not None:
-            self._started_from = {"checkpoint": f"{CHECKPOINT_PREFIX}{step}", "step": step}
-            self.last_saved, self.last_saved_step = self.output_dir / f"{CHECKPOINT_PREFIX}{step}", step
+            self._started_from = {"checkpoint": f"{HF_CHECKPOINT_PREFIX}{step}", "step": step}
+            self.last_saved, self.last_saved_step = self.output_dir / f"{HF_CHECKPOINT_PREFIX}{step}", step
         self._set_last(step)
         self._beat(step or 0, None, "start", force=True)
         return step
@@ -332,11 +331,11 @@ class Checkpoints:
         if self.last_saved_step != step:
             self.save(step, epoch=epoch)
         self._signals.restore()
-        detail = f"{self.stop_requested or 'stop'}: checkpoint {CHECKPOINT_PREFIX}{step} saved"
+        detail = f"{self.stop_requested or 'stop'}: checkpoint {HF_CHECKPOINT_PREFIX}{step} saved"
         if getattr(self.accelerator, "is_main_process", True):
             write_exit("preempted", step, detail, self._env)
         log.info("stopping on %s after checkpoint %s%d; exit code 75 asks to be resumed",
-                 self.stop_requested, CHECKPOINT_PREFIX, step)
+                 self.stop_requested, HF_CHECKPOINT_PREFIX, step)
         raise SystemExit(EXIT_PREEMPTED)
 
     def step_end(self, step: int, *, loss: float | None = None, epoch: int = 0) -> None:

@@ -32,7 +32,6 @@ transformers and says so when it is missing.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -41,7 +40,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from trainsup.batch import Batch
-from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEMPTED, Phase
+from trainsup.contracts import (
+    ENV_ATTEMPT,
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    EXIT_PREEMPTED,
+    HF_CHECKPOINT_PREFIX,
+    Phase,
+    parse_hf_checkpoint_dir,
+)
 from trainsup.durable import fsync_dir
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
@@ -60,8 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainsupCallback", "apply_batch", "checkpoints_of", "resume_checkpoint", "seal_checkpoint"]
 
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _MANIFEST_TEMP = f".{MANIFEST_NAME}.tmp-"
 
 
@@ -75,8 +80,8 @@ def checkpoints_of(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]
         entries = list(os.scandir(root))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    found = [(int(m.group(1)), Path(e.path)) for e in entries
-             if (m := _CHECKPOINT_NAME.fullmatch(e.name)) and e.is_dir(follow_symlinks=False)]
+    found = [(step, Path(e.path)) for e in entries
+             if (step := parse_hf_checkpoint_dir(e.name)) is not None and e.is_dir(follow_symlinks=False)]
     return sorted(found, reverse=True)
 
 
@@ -278,7 +283,7 @@ class _Hooks:
         if self._handle_signals:
             self._signals.install()
         if state.global_step:
-            self._started_from = {"checkpoint": f"{CHECKPOINT_PREFIX}{state.global_step}", "step": state.global_step}
+            self._started_from = {"checkpoint": f"{HF_CHECKPOINT_PREFIX}{state.global_step}", "step": state.global_step}
         _last_step[0] = state.global_step
         self._beat(args, state, "start", force=True)
 
@@ -311,7 +316,7 @@ class _Hooks:
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         step = state.global_step
-        path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+        path = Path(args.output_dir) / f"{HF_CHECKPOINT_PREFIX}{step}"
         if args.should_save and path.is_dir():
             try:
                 seal_checkpoint(path, step, self._meta(args, state), ops=self._ops)
@@ -332,10 +337,10 @@ class _Hooks:
         step = state.global_step
         where = self.last_sealed.name if self.last_sealed else "none"
         if self._preempted_at is not None:
-            detail = f"{self.stop_requested}: checkpoint {CHECKPOINT_PREFIX}{self._preempted_at} saved"
+            detail = f"{self.stop_requested}: checkpoint {HF_CHECKPOINT_PREFIX}{self._preempted_at} saved"
             write_exit("preempted", step, detail, self._env)
             log.info("stopping on %s after checkpoint %s%d; exit code 75 asks to be resumed",
-                     self.stop_requested, CHECKPOINT_PREFIX, self._preempted_at)
+                     self.stop_requested, HF_CHECKPOINT_PREFIX, self._preempted_at)
             raise SystemExit(EXIT_PREEMPTED)
         write_exit("finished", step, f"finished at step {step} of {state.max_steps}; last checkpoint {where}",
                    self._env)
@@ -343,7 +348,7 @@ class _Hooks:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _before_save(self, args: Any, state: Any) -> None:
-        path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        path = Path(args.output_dir) / f"{HF_CHECKPOINT_PREFIX}{state.global_step}"
         if args.should_save:
             unseal_checkpoint(path)
         self._beat(args, state, "checkpoint", force=True)
