@@ -128,6 +128,8 @@ def test_thirty_daemon_kills_during_a_stream_of_jobs(cli: Cli, daemon: DaemonPro
         phantoms += len(never_ran)
         assert all(a["reason"] == "interrupted" for a in never_ran), f"{name}: {attempts}"
         state, reasons = EXPECTED[kind]
+        if kind == "flaky" and attempts[0]["pid"] is None:
+            reasons = reasons[1:]  # the job fails only as attempt 1, and attempt 1 never ran
         if status["state"] != state or [a["reason"] for a in ran_attempts] != reasons:
             problems.append(f"{name}: {status['state']} {[(a['reason'], a['detail']) for a in attempts]}")
             continue
