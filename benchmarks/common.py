@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 _BIN = Path(sys.executable).parent
-TRAINSUP = [str(_BIN / "trainsup")] if (_BIN / "trainsup").exists() else [PYTHON, "-m", "trainsup.cli"]
+TRAINSUP = [str(_BIN / "trainsup")] if (_BIN / "trainsup").exists() else [PYTHON, "-m", "trainsup"]
 TORCHRUN = [str(_BIN / "torchrun")] if (_BIN / "torchrun").exists() else [PYTHON, "-m", "torch.distributed.run"]
 
 
