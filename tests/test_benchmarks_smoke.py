@@ -48,3 +48,28 @@ def test_run_table_renders_a_cli_result() -> None:
     text = run.table({"cli": figure, "hang": {"error": "not run"}})
     assert text.startswith("| figure |")
     assert "trainsup status" in text and "not run" in text
+
+
+def test_bench_gpu_checkpoint_runs_on_cpu_and_reports_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "gpu-checkpoint.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_gpu_checkpoint.py"), "--device", "cpu",
+         "--sizes", "1MB", "--repeats", "1", "--dir", str(tmp_path), "--json", str(out), "--budget-s", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    figures = report["sizes"]["1MB"]
+    assert figures["repeats"] == 1
+    for row in ("torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable",
+                "dcp save", "dcp async stall", "dcp async durable"):
+        assert isinstance(figures["rows"][row], float), (row, figures["rows"][row])
+    assert figures["rows"]["dcp async stall (pinned)"].startswith("n/a")
+    loop = figures["loop"]
+    assert loop["baseline step"] > 0
+    for part in ("trainsup async", "trainsup blocking", "dcp async"):
+        assert "error" not in loop[part], loop[part]
+    assert loop["trainsup async"]["stall step"] > 0 and loop["dcp async"]["durable after"] > 0
+    assert report["dcp"]["sync_files"] is True and report["dcp"]["error"] is None
+    assert "dcp async stall" in result.stdout and "loop: baseline step" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == [out.name], "the benchmark left scratch files behind"
