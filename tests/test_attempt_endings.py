@@ -78,6 +78,22 @@ def test_exit_75_resumes_at_once(world: World) -> None:
     assert last_attempt(world, job_id).reason is EndReason.PREEMPTED
 
 
+def test_a_launchers_exit_1_after_the_trainer_saved_at_a_stop_resumes_at_once(world: World) -> None:
+    """torchrun exits 1 when its workers exit 75; exit.json in the attempt's run dir says why."""
+    job_id = world.submit(restart={"initial": "10s", "jitter": 0})
+    saved = TrainerExit("preempted", 12, "SIGTERM: checkpoint step-000000012 saved")
+    run_once(world, job_id, exit_code=1, trainer_exit=saved)
+    first = last_attempt(world, job_id)
+    assert world.job(job_id).state is JobState.QUEUED
+    assert (first.reason, first.detail) == (EndReason.PREEMPTED, "exit 1: SIGTERM: checkpoint step-000000012 saved")
+
+    # the next attempt has a run dir of its own: the exit.json above says nothing about it
+    run_once(world, job_id, exit_code=1)
+    second = last_attempt(world, job_id)
+    assert second.run_dir != first.run_dir and not Path(second.run_dir, "exit.json").exists()
+    assert second.reason is EndReason.CRASH and world.job(job_id).state is JobState.BACKOFF
+
+
 def test_cuda_oom_restarts_at_once_with_a_smaller_micro_batch(world: World) -> None:
     job_id = world.submit("big", batch_size={"global": 256, "micro": 64, "min_micro": 16})
     run_once(world, job_id, exit_code=1, log="torch.OutOfMemoryError: CUDA out of memory\n")

@@ -173,9 +173,40 @@ def test_not_cuda_oom(log_tail: str) -> None:
     assert classify(facts(1, log_tail=log_tail)) is R.CRASH
 
 
-@pytest.mark.parametrize("trainer_exit", [None, {}, {"reason": "crash"}, {"reason": "preempted"}, {"step": 3}])
+@pytest.mark.parametrize("trainer_exit", [None, {}, {"reason": "crash"}, {"reason": "finished"}, {"step": 3}])
 def test_trainer_exit_other_than_oom_is_a_crash(trainer_exit: dict | None) -> None:
     assert classify(facts(1, trainer_exit=trainer_exit)) is R.CRASH
+
+
+# --- a launcher's exit 1 after its workers saved at a stop -------------------------------
+
+SAVED = {"reason": "preempted", "step": 12, "detail": "SIGTERM: checkpoint step-000000012 saved"}
+
+
+@pytest.mark.parametrize("exit_code", [1, 2, EXIT_PREEMPTED])
+def test_a_launchers_failure_status_after_a_save_at_a_stop_is_preempted(exit_code: int) -> None:
+    """torchrun exits 1 when its workers checkpointed and exited 75."""
+    assert classify(facts(exit_code, trainer_exit=SAVED)) is R.PREEMPTED
+
+
+@pytest.mark.parametrize(
+    "observed",
+    [
+        facts(None, KILL, trainer_exit=SAVED),                   # killed: the exit came after, or never
+        facts(None, TERM, trainer_exit=SAVED),
+        facts(1, trainer_exit={**SAVED, "reason": "finished"}),  # finished, then died at exit: a crash
+        facts(1, log_tail="exit code 75 asks to be resumed"),    # the log is not the job's word
+    ],
+    ids=["sigkill", "sigterm", "finished", "log-only"],
+)
+def test_only_exit_json_preempted_with_an_exit_status_reads_as_preempted(observed: Observation) -> None:
+    assert classify(observed) is R.CRASH
+
+
+def test_a_stop_we_asked_for_and_a_cancel_beat_a_save_at_a_stop() -> None:
+    assert classify(facts(1, trainer_exit=SAVED, stop_requested="shutdown")) is R.INTERRUPTED
+    assert classify(facts(1, trainer_exit=SAVED, stop_requested="cancel")) is R.CANCELLED
+    assert classify(facts(0, trainer_exit=SAVED)) is R.SUCCEEDED  # exit 0 stays the job's word
 
 
 # --- describe_exit ---------------------------------------------------------------------

@@ -5,7 +5,10 @@ sampler (95 samples: padded to 96, 48 a rank), so an exact resume needs the glob
 position and every rank's own RNG state. Rank 0 writes the final model and optimizer
 state to --out. Prints `event rank R pid P step N` after every optimizer step.
 `--kill RANK:STEP[:micro]` makes that rank SIGKILL itself after step STEP (or after the
-first micro-batch of step STEP+1), when the run reaches it.
+first micro-batch of step STEP+1), when the run reaches it. `--die-in-save STEP:K
+--die-marker PATH` makes rank 0 SIGKILL itself right after the K-th file operation of its
+save of checkpoint STEP (1: the temp dir made, ..., 7: renamed into place, 8: the
+directory fsynced), once: while PATH does not exist.
 """
 
 from __future__ import annotations
@@ -21,6 +24,43 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainsup import trainer
+from trainsup.trainer.fsops import FileOps
+
+
+class DyingOps(FileOps):
+    """The real file operations; SIGKILL after the K-th one of the save of checkpoint `step`."""
+
+    def __init__(self, step: int, after: int, marker: str) -> None:
+        self.prefix, self.after, self.marker, self.done = f".tmp-step-{step:09d}-", after, marker, 0
+
+    def _count(self, what: str, path: object) -> None:
+        if self.done or os.path.basename(str(path)).startswith(self.prefix):
+            self.done += 1
+        if self.done == self.after and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            print(f"event rank 0 dies in the save after op {self.done} ({what} {os.path.basename(str(path))})",
+                  flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def mkdir(self, path):  # type: ignore[no-untyped-def]
+        super().mkdir(path)
+        self._count("mkdir", path)
+
+    def write_file(self, path, write):  # type: ignore[no-untyped-def]
+        super().write_file(path, write)
+        self._count("write_file", path)
+
+    def fsync_file(self, path):  # type: ignore[no-untyped-def]
+        super().fsync_file(path)
+        self._count("fsync_file", path)
+
+    def fsync_dir(self, path):  # type: ignore[no-untyped-def]
+        super().fsync_dir(path)
+        self._count("fsync_dir", path)
+
+    def rename(self, src, dst):  # type: ignore[no-untyped-def]
+        super().rename(src, dst)
+        self._count("rename", src)
 
 
 def main() -> None:
@@ -32,6 +72,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=4)
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--kill", default=None)
+    parser.add_argument("--die-in-save", default=None)
+    parser.add_argument("--die-marker", default=None)
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -51,7 +93,11 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
 
-    with trainer.Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir, batch=batch,
+    ops = None
+    if args.die_in_save and rank == 0:
+        save_step, after = args.die_in_save.split(":")
+        ops = DyingOps(int(save_step), int(after), args.die_marker)
+    with trainer.Session(model, optimizer, scheduler, checkpoint_dir=args.checkpoint_dir, batch=batch, ops=ops,
                          saving=trainer.Saving(every_steps=args.save_every, every_seconds=None)) as session:
         print(f"event rank {rank} pid {os.getpid()} start step {session.step}", flush=True)
         for _epoch in session.epochs(args.epochs):
@@ -73,6 +119,11 @@ def main() -> None:
     if rank == 0:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": session.step}, args.out)
     print(f"event rank {rank} done", flush=True)
+    # Tear down together, with DDP's reducer gone first: a rank that destroys its gloo group
+    # while its peer is still mid-send, or leaves gloo work for interpreter finalization,
+    # can abort at exit ("terminate called without an active exception").
+    del ddp
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -5,7 +5,9 @@ padded to 96, 48 a rank, 6 optimizer steps an epoch, 3 epochs, a save every 4 st
 at each epoch's end). Runs interrupted by a SIGKILL of one rank (torchrun, run with
 `--max-restarts 0`, then tears the group down) and rerun must end bit-exact equal to
 an uninterrupted 2-process run; a stop seen by torchrun or by one rank alone must make
-every rank checkpoint and exit 75 together.
+every rank checkpoint and exit 75 together. Under the real daemon: three SIGKILLs (one
+inside rank 0's save), a SIGTERM from outside to one rank (torchrun then exits 1, which
+the daemon reads as preempted from exit.json) and a daemon stop, then an exact finish.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -148,11 +151,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[str, Any], tmp_path: Path) -> None:
     rnd = random.Random(11)
-    plan = [
-        f"1:{rnd.randint(1, 3)}:micro",   # rank 1 between micro-batches, before the first checkpoint
-        f"0:{rnd.randint(5, 7)}:micro",   # rank 0 mid-step, epoch 0 or 1
-        f"1:{rnd.randint(9, 11)}",        # rank 1 at a step boundary, epoch 1
-        f"0:{rnd.randint(13, 16)}",       # rank 0 in the last epoch
+    plan = [  # the daemon test below kills at random moments; these two land between micro-batches
+        f"1:{rnd.randint(1, 3)}:micro",   # rank 1 before the first checkpoint: the rerun starts fresh
+        f"0:{rnd.randint(9, 11)}:micro",  # rank 0 mid-step in epoch 1
     ]
     started = time.monotonic()
     for kill in plan:
@@ -167,17 +168,16 @@ def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["torchrun", "rank-1"])
-def test_a_stop_reaches_every_rank_they_save_and_exit_75_together(
-    reference: dict[str, Any], tmp_path: Path, target: str
-) -> None:
+def test_a_stop_on_one_rank_reaches_every_rank_they_save_and_exit_75_together(tmp_path: Path) -> None:
+    """SIGTERM to rank 1 alone (the daemon test below also stops torchrun itself, and resumes)."""
     run_dir, beats, ckpt = tmp_path / "run", tmp_path / "hb", tmp_path / "ckpt"
     env = {"TRAINSUP_JOB_ID": "job-1", "TRAINSUP_RUN_DIR": str(run_dir), "TRAINSUP_HEARTBEAT": str(beats),
            "TRAINSUP_CHECKPOINT_DIR": str(ckpt)}
-    run, step_at_stop = torchrun_stopped(tmp_path, env, "step 4", target)
+    run, step_at_stop = torchrun_stopped(tmp_path, env, "step 4", "rank-1")
     stops = [line for line in run.stderr.splitlines() if "exit code 75 asks to be resumed" in line]
     assert len(stops) == 2, _worker_lines(run)  # both ranks, at the same step
-    assert run.stderr.count("SIGTERM received") == (2 if target == "torchrun" else 1), run.stderr[-3000:]
+    assert run.stderr.count("SIGTERM received") == 1 and "a stop on another rank" in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 1, "torchrun exits 1 after its workers exited 75"
     exit_info = json.loads((run_dir / "exit.json").read_text())
     assert exit_info["reason"] == "preempted" and exit_info["step"] >= step_at_stop, exit_info
     saved = ckpt / f"step-{exit_info['step']:09d}"
@@ -186,57 +186,110 @@ def test_a_stop_reaches_every_rank_they_save_and_exit_75_together(
     beats_by_rank = [json.loads((beats / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert [b["step"] for b in beats_by_rank] == [exit_info["step"]] * 2, beats_by_rank
     assert beats_by_rank[0]["pid"] != beats_by_rank[1]["pid"], "each rank beats its own heartbeat"
-    if target == "rank-1":
-        assert "a stop on another rank" in run.stderr
-        return
-    done = subprocess.run(_command(tmp_path), env=_env(env), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count(f"resuming from {saved}") == 2
-    assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
 
 
 # -- under the real daemon --------------------------------------------------------
 
+DIE_IN_SAVE_AT = 8  # a save every 4 steps and at each epoch's end (6): checkpoint 6 is the one before
 
-def _beat(tmp_path: Path, job: str, attempt: int, rank: int) -> dict[str, Any] | None:
-    path = tmp_path / "state" / "jobs" / job / f"attempt-{attempt}.run" / "heartbeat" / f"rank-{rank}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+
+def _log(tmp_path: Path, job: str, attempt: int) -> str:
+    path = tmp_path / "state" / "jobs" / job / f"attempt-{attempt}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _events(tmp_path: Path, job: str, attempt: int, rank: int) -> list[tuple[int, int, str]]:
+    """(pid, step, what) of each `event rank R pid P (start )step N` line of the attempt."""
+    found = re.findall(rf"^event rank {rank} pid (\d+) (start step|step) (\d+)$", _log(tmp_path, job, attempt), re.M)
+    return [(int(pid), int(step), what) for pid, what, step in found]
+
+
+def _trained(tmp_path: Path, job: str, attempt: int, rank: int, steps: int) -> tuple[int, int, int] | None:
+    """(pid, start step, step) once `rank` of the attempt trained `steps` steps past its start."""
+    events = _events(tmp_path, job, attempt, rank)
+    if not events or events[0][2] != "start step" or events[-1][1] < events[0][1] + steps:
         return None
-
-
-def _training(tmp_path: Path, job: str, attempt: int, beyond: int) -> dict[str, Any] | None:
-    beat = _beat(tmp_path, job, attempt, 1)
-    return beat if beat and beat["phase"] == "train" and beat["step"] >= beyond + 2 else None
+    return events[0][0], events[0][1], events[-1][1]
 
 
 @pytest.mark.slow
-def test_under_the_daemon_a_rank_sigkill_and_a_stop_each_resume_exactly(
+def test_under_the_daemon_three_rank_sigkills_a_rank_sigterm_and_a_stop_all_resume_exactly(
     reference: dict[str, Any], cli: Any, daemon: Any, tmp_path: Path
 ) -> None:
+    """Attempt 1: rank 0 killed inside its save of checkpoint 8 (after a seeded one of the
+    save's 8 file operations); 2, 3: a seeded rank killed a seeded number of steps after it
+    resumed; 4: a SIGTERM from outside to rank 1 (both ranks save and exit 75, torchrun exits
+    1: read as preempted, from exit.json); 5: a daemon stop (SIGTERM to torchrun). The daemon
+    restarts and the job ends equal to an uninterrupted 2-process run, no step lost at a stop."""
     from support import wait_for, write_spec
 
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
     out, ckpt = tmp_path / "final.pt", tmp_path / "ckpt"
+    die_after = rnd.randint(1, 8)
     command = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "0", str(JOB),
-               "--out", str(out), "--step-delay", "0.1"]
+               "--out", str(out), "--step-delay", "0.1", "--die-in-save", f"{DIE_IN_SAVE_AT}:{die_after}",
+               "--die-marker", str(tmp_path / "died-in-save")]
     spec = write_spec(tmp_path / "ddp.yaml", name="ddp", command=command, checkpoint_dir=str(ckpt),
                       env={"OMP_NUM_THREADS": "1"}, grace_period="60s",
-                      restart={"initial": "1s", "jitter": 0, "max_restarts": 5})
+                      restart={"initial": "0.2s", "max": "1s", "jitter": 0, "max_restarts": 6, "crash_loop": 0})
     daemon.start()
     job = cli.submit(spec)
-    beat = wait_for(lambda: _training(tmp_path, job, 1, 4), 60, 0.05, "attempt 1 to train")
-    os.kill(beat["pid"], signal.SIGKILL)  # rank 1 only; torchrun tears the group down
-    beat = wait_for(lambda: _training(tmp_path, job, 2, 4), 60, 0.05, "attempt 2 to resume and train")
-    first = cli.job(job)["attempts"][0]
-    assert first["exit_code"] != 0 and first["reason"] != "interrupted", first
+    run_dir = tmp_path / "state" / "jobs" / job
+    notes = [f"seed {seed}: rank 0 dies after op {die_after} of its save of checkpoint {DIE_IN_SAVE_AT}"]
+
+    def why() -> str:
+        attempts = cli.job(job)["attempts"]
+        lines = [*notes, *(f"attempt {a['number']}: {a['reason']} exit={a['exit_code']} signal={a['signal']} "
+                           f"detail={a['detail']}" for a in attempts)]
+        for a in attempts:
+            lines += [f"--- attempt {a['number']}", *(line for line in _log(tmp_path, job, a["number"]).splitlines()
+                                                      if "trainsup" in line or "start step" in line or "dies" in line)]
+        return "\n".join(lines)
+
+    def trained(attempt: int, rank: int, steps: int) -> tuple[int, int, int]:
+        return wait_for(lambda: _trained(tmp_path, job, attempt, rank, steps), 90, 0.02, f"attempt {attempt} to train")
+
+    # 1: rank 0 SIGKILLs itself inside the save; 2, 3: a seeded rank SIGKILLed from outside
+    for attempt in (2, 3):
+        rank, steps = rnd.randrange(2), rnd.randint(1, 2)
+        pid, start, at = trained(attempt, rank, steps)
+        os.kill(pid, signal.SIGKILL)
+        notes.append(f"attempt {attempt} started at {start}, rank {rank} killed after step {at}")
+    # 4: SIGTERM from outside to rank 1 only
+    pid, start, at = trained(4, 1, rnd.randint(1, 2))
+    os.kill(pid, signal.SIGTERM)
+    notes.append(f"attempt 4 started at {start}, rank 1 got SIGTERM after step {at}")
+    # 5: a daemon stop, once it trained
+    _, start, at = trained(5, 1, 1)
+    notes.append(f"attempt 5 started at {start}, the daemon stopped after step {at}")
     assert daemon.stop(timeout=90) == 0
     status = cli.job(job)
-    second = status["attempts"][1]
-    assert status["state"] == "queued" and second["reason"] == "interrupted", status
-    exit_info = json.loads((tmp_path / "state" / "jobs" / job / "attempt-2.run" / "exit.json").read_text())
-    assert exit_info["reason"] == "preempted" and exit_info["step"] >= beat["step"], exit_info
+    assert status["state"] == "queued", why()
     daemon.start()
     final = cli.wait_state(job, "succeeded", "failed", "cancelled", timeout=120)
-    assert final["state"] == "succeeded", final
+    attempts = final["attempts"]
+    assert final["state"] == "succeeded", why()
+    assert [a["reason"] for a in attempts] == ["crash"] * 3 + ["preempted", "interrupted", "succeeded"], why()
+    assert attempts[0]["signal"] == signal.SIGKILL or attempts[0]["exit_code"] != 0, why()
+
+    # the kill inside the save: the next attempt resumed from checkpoint 6, or 8 if the rename was done
+    assert "event rank 0 dies in the save after op" in _log(tmp_path, job, 1), why()
+    resumed = 8 if die_after >= 7 else 6
+    assert _log(tmp_path, job, 2).count(f"resuming from {ckpt / f'step-{resumed:09d}'}") == 2, why()
+    # the outside SIGTERM and the daemon stop: both ranks saved at the same step and exited 75
+    for attempt, received in ((4, 1), (5, 2)):
+        log = _log(tmp_path, job, attempt)
+        saved = json.loads((run_dir / f"attempt-{attempt}.run" / "exit.json").read_text())
+        assert saved["reason"] == "preempted", why()
+        assert log.count("exit code 75 asks to be resumed") == 2 and log.count("SIGTERM received") == received, why()
+        beats = [json.loads((run_dir / f"attempt-{attempt}.run" / "heartbeat" / f"rank-{r}.json").read_text())
+                 for r in (0, 1)]
+        assert [b["step"] for b in beats] == [saved["step"]] * 2 and beats[0]["pid"] != beats[1]["pid"], why()
+        assert f"event rank 0 pid {beats[0]['pid']} step {saved['step'] + 1}\n" not in log, "no rank trained past the stop"
+        assert [e[1] for e in _events(tmp_path, job, attempt + 1, 0)[:1]] == [saved["step"]], "0 steps lost"
+        at_stop = ckpt / f"step-{saved['step']:09d}"
+        assert _log(tmp_path, job, attempt + 1).count(f"resuming from {at_stop}") == 2, why()
+    assert attempts[3]["exit_code"] == 1, "torchrun's own exit status after its workers exited 75"
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".tmp-")], why()
     assert_same(reference, torch.load(out, weights_only=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 
-from trainsup.contracts import EXIT_PREEMPTED
 from trainsup.jobs.states import EndReason
 from trainsup.supervisor.observation import Observation
 
@@ -33,7 +32,7 @@ def classify(seen: Observation) -> EndReason:
         return EndReason.INTERRUPTED
     if seen.exit_code == 0:
         return EndReason.SUCCEEDED
-    if seen.exit_code == EXIT_PREEMPTED:
+    if seen.saved_at_a_stop:  # exit 75, or torchrun's exit 1 after its workers exited 75
         return EndReason.PREEMPTED
     if seen.declared("config_error"):
         return EndReason.CONFIG_ERROR

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainsup.contracts import (
+    EXIT_PREEMPTED,
     HEARTBEAT_DIR,
     LAUNCH_FILE,
     STARTED_FILE,
@@ -60,6 +61,19 @@ class Observation:
     def declared(self, reason: str) -> bool:
         """The training process said so in exit.json (`finished`, `config_error`, `oom`, ...)."""
         return self.trainer_exit is not None and self.trainer_exit.reason == reason
+
+    @property
+    def saved_at_a_stop(self) -> bool:
+        """Exit 75, or a failure status from a launcher after the trainer said it checkpointed
+        at a stop: torchrun (and `accelerate launch`) exit 1 when their workers exit 75.
+
+        exit.json lies in this attempt's own run dir (`attempt-N.run/`, made new for each
+        attempt), so it was written during this attempt. A death by a signal does not count:
+        torchrun turns a SIGTERM into exit 1, and a SIGKILL may have come before the exit.
+        """
+        if self.exit_code == EXIT_PREEMPTED:
+            return True
+        return self.exit_code not in (None, 0) and self.signal is None and self.declared("preempted")
 
     @property
     def error_line(self) -> str | None:
