@@ -493,7 +493,11 @@ def _same(a: Any, b: Any, where: str = "state") -> bool | str:
     import torch
 
     if isinstance(a, torch.Tensor):
-        return True if isinstance(b, torch.Tensor) and torch.equal(a, b) else f"{where} differs"
+        if not isinstance(b, torch.Tensor):
+            return f"{where} is not a tensor"
+        if a.device != b.device:
+            return f"{where} is on {b.device}, not {a.device} as in the uninterrupted run"
+        return True if torch.equal(a, b) else f"{where} differs"
     if isinstance(a, dict):
         if not isinstance(b, dict) or set(a) != set(b):
             return f"{where}: keys differ"

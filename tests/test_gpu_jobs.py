@@ -104,6 +104,29 @@ def test_two_jobs_for_one_gpu_run_one_after_the_other(cli: Cli, daemon: DaemonPr
     assert all(peak is not None and peak >= 2 * GIB for peak in peaks), peaks
 
 
+def test_jobs_that_name_their_memory_share_a_gpu_and_an_exclusive_one_waits_for_both(
+        cli: Cli, daemon: DaemonProcess, sim_gpus: Path, tmp_path: Path):
+    """Found on an H200: every grant was recorded as exclusive, so two `min_free_memory`
+    jobs ran one after the other."""
+    daemon.start()
+    records = {name: tmp_path / f"{name}.txt" for name in ("c", "d", "e")}
+
+    def submit(name: str, hold: str, **fields: object) -> str:
+        return cli.submit(write_spec(tmp_path / f"{name}.yaml", name=f"gpu-{name}", gpus=1,
+                                     command=[PY, str(JOBS / "gpu_hold.py"), str(records[name]), hold], **fields))
+
+    shared = [submit("c", "3", min_free_memory="6GiB"), submit("d", "3", min_free_memory="6GiB")]
+    wait_for(lambda: all(cli.job(job)["state"] == "running" for job in shared), 30, what="both shared jobs running")
+    exclusive = submit("e", "0.1")
+    for job in [*shared, exclusive]:
+        assert cli.wait_state(job, "succeeded", "failed", timeout=90)["state"] == "succeeded"
+    (c_start, c_end, _), (d_start, d_end, _), (e_start, _, _) = (
+        records[name].read_text().split()
+        for name in ("c", "d", "e"))
+    assert max(float(c_start), float(d_start)) < min(float(c_end), float(d_end)), "the shared jobs ran together"
+    assert float(e_start) >= max(float(c_end), float(d_end)), "the exclusive job waited for both"
+
+
 def test_other_users_memory_delays_placement(cli: Cli, daemon: DaemonProcess, sim_gpus: Path, tmp_path: Path):
     write_sim(sim_gpus, 1, [GpuProcess(OTHER_USER_PID, "GPU-sim-0", 12 * GIB)], memory_total=20 * GIB)
     daemon.start()

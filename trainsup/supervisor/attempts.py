@@ -112,7 +112,7 @@ class Attempts:
             gpu_uuids=attempt.gpu_uuids or [], job_pid=attempt.job_pid,
         )
         self.live[job.id] = live
-        self.gpus.adopt(job.id, live.gpu_uuids)
+        self.gpus.adopt(job.id, live.gpu_uuids, job.spec.min_free_memory)
         return live
 
     def _batch_for(self, job: Job) -> Batch | None:
@@ -196,7 +196,7 @@ class Attempts:
     def _sample_gpu_memory(self, live: LiveAttempt) -> None:
         pids = process_tree(live.job_pid)
         live.seen_pids |= pids
-        used = self.gpus.memory_of(pids)
+        used = self.gpus.memory_of(live.job_id, pids)
         if used > live.peak_gpu_memory * 1.05:  # record growth for `trainsup status`, not every wiggle
             self.store.update_attempt(live.job_id, live.number, peak_gpu_memory=used)
         live.peak_gpu_memory = max(live.peak_gpu_memory, used)

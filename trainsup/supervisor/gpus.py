@@ -31,9 +31,19 @@ class _Releasing:
 
 
 @dataclass
+class _SharedGrant:
+    """A job that named the memory it needs (`min_free_memory`) and shares its GPUs."""
+
+    uuids: list[str]
+    promise: int  # bytes promised on each of its GPUs
+    pids: set[int] = field(default_factory=set)  # its processes, as last sampled
+
+
+@dataclass
 class GpuBook:
     probe: GpuProbe
-    grants: dict[str, str] = field(default_factory=dict)  # gpu uuid → job id
+    grants: dict[str, str] = field(default_factory=dict)  # gpu uuid → job id holding it exclusively
+    shared: dict[str, _SharedGrant] = field(default_factory=dict)  # job id → its shared grant
     baseline: dict[str, int] = field(default_factory=dict)
     releasing: dict[str, _Releasing] = field(default_factory=dict)  # job id → what it still holds
     gpus: list[GpuInfo] = field(default_factory=list)
@@ -66,19 +76,41 @@ class GpuBook:
             return None  # its previous attempt still holds memory
         self.refresh(force=True)
         request = GpuRequest.for_job(gpus, min_free_memory)
-        uuids = place(request, self.gpus, self.processes, self.grants, self.baseline)
+        # An exclusive job also stays off GPUs that shared jobs hold; shared jobs only
+        # avoid exclusive grants, and count what is promised to their neighbours as used.
+        held = {**self.grants, **self._shared_holders()} if request.exclusive else self.grants
+        uuids = place(request, self.gpus, self.processes, held, self.baseline, self._reserved())
         if uuids is not None:
-            for uuid in uuids:
-                self.grants[uuid] = job_id
+            self.adopt(job_id, uuids, min_free_memory)
         return uuids
 
-    def adopt(self, job_id: str, uuids: list[str]) -> None:
-        for uuid in uuids:
-            self.grants[uuid] = job_id
+    def adopt(self, job_id: str, uuids: list[str], min_free_memory: int | None = None) -> None:
+        """Record a grant: a new one, or a live attempt's that a restarted daemon finds."""
+        if not uuids:
+            return
+        if min_free_memory is None:
+            for uuid in uuids:
+                self.grants[uuid] = job_id
+        else:
+            self.shared[job_id] = _SharedGrant(list(uuids), min_free_memory)
+
+    def _shared_holders(self) -> dict[str, str]:
+        return {uuid: job_id for job_id, grant in self.shared.items() for uuid in grant.uuids}
+
+    def _reserved(self) -> dict[str, int]:
+        """Per GPU, the memory promised to shared jobs beyond what their processes use yet."""
+        reserved: dict[str, int] = {}
+        for grant in self.shared.values():
+            for uuid in grant.uuids:
+                using = sum(p.used_memory or 0 for p in self.processes if p.gpu_uuid == uuid and p.pid in grant.pids)
+                reserved[uuid] = reserved.get(uuid, 0) + max(0, grant.promise - using)
+        return reserved
 
     def release_after(self, job_id: str, pids: set[int], now_monotonic: float) -> None:
         """The attempt ended: hold its GPUs until its processes have left them."""
         uuids = [u for u, holder in self.grants.items() if holder == job_id]
+        if job_id in self.shared:
+            uuids += self.shared[job_id].uuids
         if uuids:
             self.releasing[job_id] = _Releasing(uuids, pids, now_monotonic + RELEASE_TIMEOUT_S)
 
@@ -90,12 +122,16 @@ class GpuBook:
                 if not released:
                     log.warning("GPU memory not back to baseline; releasing anyway", job=job_id, gpus=held.uuids)
                 for uuid in held.uuids:
-                    self.grants.pop(uuid, None)
+                    if self.grants.get(uuid) == job_id:
+                        del self.grants[uuid]
+                self.shared.pop(job_id, None)
                 del self.releasing[job_id]
 
-    def memory_of(self, pids: set[int]) -> int:
-        """GPU memory used now by the processes `pids`."""
+    def memory_of(self, job_id: str, pids: set[int]) -> int:
+        """GPU memory used now by the processes `pids` of job `job_id` (remembered for its promise)."""
         self.refresh()
+        if job_id in self.shared:
+            self.shared[job_id].pids = set(pids)
         return sum(p.used_memory or 0 for p in self.processes if p.pid in pids)
 
 

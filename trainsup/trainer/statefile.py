@@ -83,11 +83,26 @@ def snapshot(obj: Any, buffers: dict[tuple[Any, ...], torch.Tensor] | None = Non
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:
-    """Read a state file; never executes code from it (weights_only)."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    """Read a state file; never executes code from it (weights_only).
+
+    Tensors saved from an accelerator load onto `device` (the model's); tensors saved
+    from the CPU stay there, as in the run that saved them: AdamW keeps its `step`
+    counters on the CPU, and one moved to the GPU syncs the host on every step and makes
+    a resumed run differ from an uninterrupted one (found on an H200).
+    """
+    state = torch.load(path, map_location=restore_location(device), weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path.name} is not a trainsup state file of format {STATE_FORMAT}")
     return state
+
+
+def restore_location(device: torch.device) -> Any:
+    """`torch.load`'s map_location: CPU storages stay on the CPU, the rest go to `device`."""
+
+    def restore(storage: Any, location: str) -> Any:
+        return storage if location == "cpu" else torch.serialization.default_restore_location(storage, str(device))
+
+    return restore
 
 
 def check_architecture(model: torch.nn.Module, saved: dict[str, Any], checkpoint: str) -> None:
