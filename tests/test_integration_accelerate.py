@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -367,3 +368,95 @@ def test_daemon_stop_saves_at_the_stop_and_resumes_with_no_step_lost(reference: 
     resumed = [e["message"] for e in cli.json("show", job)["events"] if e["kind"] == "resumed"]
     assert resumed and f"resumed from checkpoint-{last_trained}" in resumed[-1], why
     _assert_equal_to(reference, final)
+
+
+# --- two processes (gloo on CPU), under the daemon -----------------------------------------------------------
+
+STEPS_2P, SLOW_AT_2P = 40, 20  # 2 processes: 16 batches a process an epoch, a save every 10 steps
+LAUNCH_2P = [str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+             "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(JOB),
+             "--steps", str(STEPS_2P), "--save-every", str(SAVE_EVERY)]
+
+
+@pytest.fixture(scope="module")
+def reference_2p(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same script, uninterrupted, on 2 processes, outside the daemon."""
+    _needs_accelerate()
+    import torch
+
+    tmp = tmp_path_factory.mktemp("accelerate-reference-2p")
+    result = subprocess.run([*LAUNCH_2P, "--step-delay", "0", "--output-dir", str(tmp / "ckpt"),
+                             "--final", str(tmp / "final.pt")],
+                            env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(tmp / "final.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_two_processes_main_killed_in_a_save_a_worker_killed_and_stopped_finish_equal(
+        reference_2p: dict, cli: Cli, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 processes: the main process SIGKILLed after accelerate wrote
+    checkpoint-20 and before it was sealed; process 1 SIGKILLed at a random step; process 1
+    sent SIGTERM from outside (both save and exit 75, the launcher exits 1: read as preempted).
+    Every checkpoint is written once, sealed by the main process, loaded by both; the final
+    state is `torch.equal` to an uninterrupted 2-process run."""
+    import torch
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    checkpoints, final = tmp_path / "ckpt", tmp_path / "final.pt"
+    spec = write_spec(tmp_path / "acc2.yaml", name="accelerate-2p", checkpoint_dir="ckpt", env=ENV,
+                      grace_period="30s",
+                      command=[*LAUNCH_2P, "--step-delay", "0.05", "--final", str(final), "--slow-save-at",
+                               str(SLOW_AT_2P), "--slow-marker", str(tmp_path / "slow-done")],
+                      restart={"initial": "0.2s", "max": "1s", "jitter": 0, "max_restarts": 5, "crash_loop": 0})
+    daemon.start()
+    job = cli.submit(spec)
+    notes = [f"seed {seed}"]
+
+    def worker_pid(attempt: int) -> int:
+        beat = read_json(_run_dir(tmp_path, job, attempt) / "heartbeat" / "rank-1.json")
+        return int(beat["pid"])
+
+    # 1: the main process, inside the save of checkpoint-20 (written, not sealed)
+    slow = wait_for(lambda: re.search(rf"saving checkpoint-{SLOW_AT_2P} slowly \(main process, pid (\d+)\)",
+                                      _log(tmp_path, job, 1)), 90, 0.02, "the slow save")
+    [temp] = [p for p in checkpoints.iterdir() if p.name.startswith(f".tmp-checkpoint-{SLOW_AT_2P}-")]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in temp.iterdir()}
+    assert not (temp / "manifest.json").exists()
+    os.kill(int(slow.group(1)), signal.SIGKILL)
+    # 2: process 1 SIGKILLed; 3: process 1 sent SIGTERM — each a seeded number of steps after the start
+    for attempt, sig in ((2, signal.SIGKILL), (3, signal.SIGTERM)):
+        after = rng.randint(1, 8)
+        at = wait_for(lambda: (s := _steps(_log(tmp_path, job, attempt))) and len(s) >= after and s[-1],
+                      90, 0.02, f"{after} steps in attempt {attempt}")
+        os.kill(worker_pid(attempt), sig)
+        notes.append(f"attempt {attempt}: process 1 sent {sig.name} after step {at}")
+
+    status = cli.wait_state(job, "succeeded", "failed", "cancelled", timeout=120)
+    why = "; ".join(notes) + "\n" + _explain(cli, job, tmp_path)
+    attempts = status["attempts"]
+    assert status["state"] == "succeeded", why
+    assert [a["reason"] for a in attempts] == ["crash", "crash", "preempted", "succeeded"], why
+    assert attempts[2]["exit_code"] == 1, f"the launcher's own status after its workers exited 75\n{why}"
+    second = _log(tmp_path, job, 2)
+    assert f"removing {temp.name}, left by a save that was cut short" in second, why
+    for number in (2, 3, 4):  # the main process verifies and chooses, the other loads the same one
+        log = _log(tmp_path, job, number)
+        [chosen] = re.findall(r"resuming from (checkpoint-\d+) \(verified\)", log)
+        assert f"resuming from {chosen} (verified by the main process)" in log, why
+        assert log.count("resuming from checkpoint-") == 2, why
+    stopped = read_json(_run_dir(tmp_path, job, 3) / "exit.json")
+    assert stopped["reason"] == "preempted" and stopped["detail"] == \
+        f"a stop on another process: checkpoint checkpoint-{stopped['step']} saved", why
+    assert _log(tmp_path, job, 3).count("exit code 75 asks to be resumed") == 2, why
+    assert _steps(_log(tmp_path, job, 4))[0] == stopped["step"] + 1, f"0 steps lost\n{why}"
+    for step in range(SAVE_EVERY, STEPS_2P + 1, SAVE_EVERY):
+        sealed = verify(checkpoints / f"checkpoint-{step}")
+        assert {"model.safetensors", "random_states_0.pkl", "random_states_1.pkl"} <= set(sealed.files), why
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")], why
+    assert [b.rank for b in read_heartbeats(_run_dir(tmp_path, job, 4) / "heartbeat")] == [0, 1], why
+    final_state = torch.load(final, weights_only=True)
+    assert final_state["global_step"] == STEPS_2P
+    for part in ("model", "optimizer", "scheduler"):
+        _same(final_state[part], reference_2p[part], part)

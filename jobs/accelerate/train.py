@@ -4,13 +4,14 @@ A small MLP with dropout on a seeded synthetic dataset, shuffled every epoch, CP
 `checkpoint-N/` (accelerate's `save_state`, made power-safe and sealed) every
 `--save-every` steps into `--output-dir` (the job's checkpoint dir), resumes from the
 newest one that verifies at exactly the batch it stopped at, stops on SIGTERM/SIGINT with a
-checkpoint and exit code 75. Prints `step N` after every optimizer step.
+checkpoint and exit code 75. Prints `step N` after every optimizer step (main process).
 
     python train.py --steps 300 --save-every 50 --output-dir /tmp/accel-demo   (Ctrl+C, run again)
+    accelerate launch --multi_gpu --num_processes 2 --main_process_port 0 train.py ...   (2 processes; gloo on CPU)
 
 Options for the tests: --final PATH (torch.save the model, optimizer and scheduler state at
-the end), --slow-save-at N --slow-marker PATH (once, while PATH does not exist: sleep after
-accelerate wrote checkpoint N and before trainsup sealed it).
+the end), --slow-save-at N --slow-marker PATH (once, while PATH does not exist: the main
+process sleeps after accelerate wrote checkpoint N and before trainsup sealed it).
 """
 
 import argparse
@@ -57,9 +58,10 @@ if args.slow_save_at is not None and args.slow_marker:  # for the tests: a kill 
     def slow_save_state(output_dir, *a, **kw):
         real_save_state(output_dir, *a, **kw)
         marker = Path(args.slow_marker)
-        if f"checkpoint-{args.slow_save_at}-" in os.path.basename(output_dir) and not marker.exists():
+        at = f"checkpoint-{args.slow_save_at}-" in os.path.basename(output_dir)
+        if at and accelerator.is_main_process and not marker.exists():
             marker.touch()
-            print(f"saving checkpoint-{args.slow_save_at} slowly", flush=True)
+            print(f"saving checkpoint-{args.slow_save_at} slowly (main process, pid {os.getpid()})", flush=True)
             time.sleep(60)
 
     accelerator.save_state = slow_save_state
@@ -67,7 +69,7 @@ if args.slow_save_at is not None and args.slow_marker:  # for the tests: a kill 
 ckpt = Checkpoints(accelerator, args.output_dir, save_every=args.save_every, total_steps=args.steps,     # trainsup
                    samples_per_step=batch.micro * batch.grad_accum * accelerator.num_processes)   # trainsup
 step = ckpt.load() or 0                                                                    # trainsup
-print(f"resuming from {ckpt.last_saved}" if step else "starting fresh", flush=True)
+accelerator.print(f"resuming from {ckpt.last_saved}" if step else "starting fresh", flush=True)
 batches_per_epoch = len(loader) // batch.grad_accum  # optimizer steps per epoch
 epoch, skip = data_position(step, batches_per_epoch)                                      # trainsup
 model.train()
@@ -83,14 +85,14 @@ while step < args.steps:
             continue
         step += 1
         time.sleep(args.step_delay)
-        print(f"step {step}", flush=True)
+        accelerator.print(f"step {step}", flush=True)
         ckpt.step_end(step, loss=loss.item(), epoch=epoch)  # trainsup: heartbeat, save, stop → exit 75
         if step >= args.steps:
             break
     epoch, skip = epoch + 1, 0
 
 ckpt.finish(step)                                                                          # trainsup
-print(f"finished at step {step}", flush=True)
+accelerator.print(f"finished at step {step}", flush=True)
 if args.final and accelerator.is_main_process:
     torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "global_step": step}, args.final)

@@ -24,17 +24,20 @@ A few lines in a training loop (see docs/integrations.md and jobs/accelerate/tra
   `manifest.json` written last), renames it to `checkpoint-<step>` and fsyncs
   `output_dir`; `accelerator.wait_for_everyone()` before and after. A kill or power cut
   at any instant leaves the previous checkpoint or the new one, never neither.
-- `load_state(accelerator, output_dir)`: the newest `checkpoint-<step>` whose manifest
-  verifies → `accelerator.load_state`; newer ones that do not are moved into
-  `<output_dir>/quarantine/` (`runtime.reject`), leftover temp dirs are removed, and
-  `$TRAINSUP_RUN_DIR/resume.json` records the choice. Returns the step, None for a fresh start.
+- `load_state(accelerator, output_dir)`: the main process picks the newest
+  `checkpoint-<step>` whose manifest verifies (newer ones that do not are moved into
+  `<output_dir>/quarantine/` (`runtime.reject`), leftover temp dirs are removed,
+  `$TRAINSUP_RUN_DIR/resume.json` records the choice) and broadcasts it; every process
+  passes it to `accelerator.load_state`. Returns the step, None for a fresh start.
 - The data position: accelerate restores the RNG states and, with
   `use_seedable_sampler=True`, the shuffling sampler (seeded by seed + epoch, saved as
   `sampler.bin`); the loop puts itself back at the step with `data_position` and
   `accelerator.skip_first_batches`. The result is bit-exact (tested: weights and
   optimizer state `torch.equal` to an uninterrupted run).
 - SIGTERM, SIGINT and SIGUSR1 only set a flag; `maybe_stop(step)` (called by `step_end`)
-  saves `checkpoint-<step>`, writes `exit.json` "preempted" and exits 75.
+  saves `checkpoint-<step>`, writes `exit.json` "preempted" and exits 75. With several
+  processes the flag is reduced over all of them at every step, so a signal that reached
+  one process stops all at the same step.
 
 Importing this module needs neither accelerate nor torch.
 """
@@ -138,15 +141,19 @@ class _RngNeutral:
 # --- save -----------------------------------------------------------------------------------------
 
 
-def _main_pid(accelerator: Any) -> int:
-    pid = os.getpid()
+def _from_main(accelerator: Any, value: Any) -> Any:
+    """The main process's `value`, on every process (a broadcast when there are several)."""
     if getattr(accelerator, "num_processes", 1) > 1:
         from accelerate.utils import broadcast_object_list
 
-        box = [pid]
+        box = [value]
         broadcast_object_list(box, from_process=0)
-        pid = int(box[0])
-    return pid
+        value = box[0]
+    return value
+
+
+def _main_pid(accelerator: Any) -> int:
+    return int(_from_main(accelerator, os.getpid()))
 
 
 def save_state(accelerator: Any, output_dir: str | os.PathLike[str], step: int, *,
@@ -240,18 +247,20 @@ def load_state(accelerator: Any, output_dir: str | os.PathLike[str], *,
     (model, optimizer, scheduler, RNG states, seedable samplers, registered objects) and
     return its step; None when there is none (a fresh start: nothing is loaded).
 
-    Call it on every process after `accelerator.prepare(...)`. Only the main process moves
-    broken checkpoints aside; the others wait for it and then load the same one.
+    Call it on every process after `accelerator.prepare(...)`. Only the main process looks:
+    it verifies, moves broken checkpoints aside and removes temp dirs; the others are told
+    which checkpoint it chose and load that one.
     """
     main = bool(getattr(accelerator, "is_main_process", True))
-    chosen = newest_verified(output_dir, move=main, environ=environ) if main else None
-    accelerator.wait_for_everyone()
-    if not main:
-        chosen = newest_verified(output_dir, move=False, environ=environ)
-    if chosen is None:
+    chosen = newest_verified(output_dir, move=True, environ=environ) if main else None
+    step = _from_main(accelerator, chosen[0] if chosen else None)
+    if step is None:
         return None
-    accelerator.load_state(str(chosen[1]))
-    return chosen[0]
+    path = Path(output_dir) / f"{HF_CHECKPOINT_PREFIX}{step}"
+    if not main:
+        log.info("resuming from %s (verified by the main process)", path.name)
+    accelerator.load_state(str(path))
+    return int(step)
 
 
 # --- the loop's companion ---------------------------------------------------------------------------
@@ -321,6 +330,8 @@ class Checkpoints:
 
             flag = torch.tensor([1 if requested else 0], device=self.accelerator.device)
             requested = bool(self.accelerator.reduce(flag, reduction="sum").item())
+            if requested and self._signals.requested is None:
+                self._signals.requested = "a stop on another process"
         return requested
 
     def maybe_stop(self, step: int, *, epoch: int = 0) -> None:
