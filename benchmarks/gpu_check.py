@@ -438,6 +438,12 @@ def section_kills(report: Report, work: Path, kills: int = 5, gpus: int = 1) -> 
                        "the attempt's first step")
             resumed = next(r for r in read_records(record)[seen:] if r["event"] == "start")["resumed_at"]
             pid = wait_until(lambda: daemon.status(job).get("pid"), 30, "the job's pid")
+            if not done:
+                time.sleep(1.5)  # a heartbeat or two
+                report.figures["kills_status_table"] = daemon.cli("status").stdout
+                progress = daemon.status(job).get("progress") or {}
+                report.row("kills", "heartbeat of the running GPU job (`status --json` progress)",
+                           ", ".join(f"{k} {v}" for k, v in progress.items() if k in ("step", "loss", "max_memory_bytes", "phase")))
             # every attempt first makes progress (one save of its own), so no kill lands on a bare restart
             saved = wait_until(lambda: _newest_step(ckpt) > resumed and _newest_step(ckpt), 120, "a save of this attempt")
             if where == "save":

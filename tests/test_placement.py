@@ -91,7 +91,7 @@ def test_request_for_a_job_spec() -> None:
         (GpuRequest(5), FOUR, "the job asks for 5 GPUs but this machine has 4 GPUs."),
         (GpuRequest(1), [], "the job asks for 1 GPU but this machine has 0 GPUs."),
         (GpuRequest(2), [gpu(0)], "the job asks for 2 GPUs but this machine has 1 GPU."),
-        (GpuRequest(1, 50 * GiB), FOUR, "the job needs 53687091200 bytes free on 1 GPU but this machine has 0 GPUs that large."),
+        (GpuRequest(1, 50 * GiB), FOUR, "the job needs 50 GiB free on 1 GPU but this machine has 0 GPUs that large."),
         (GpuRequest(1, 40 * GiB), FOUR, None),
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainsup.units import format_duration, parse_duration, parse_size
+from trainsup.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,10 @@ def test_huge_size_is_a_value_error() -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (512, "512 B"), (1536, "1.5 KiB"), (20 * 2**30, "20 GiB"),
+                                        (int(1.5 * 2**30), "1.5 GiB"), (100 * 2**40, "100 TiB")])
+def test_format_size_reads_like_the_sizes_users_write(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text.replace(" ", "")) == size

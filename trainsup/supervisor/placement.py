@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from trainsup.gpu.probe import GpuInfo, GpuProcess
+from trainsup.units import format_size
 
 # NVIDIA's fault-tolerance launcher waits for GPU memory to drop back within 512 MB
 # (`FaultToleranceConfig.gpu_memory_tolerance_mb=512.0`) before restarting ranks.
@@ -91,7 +92,7 @@ def unplaceable(request: GpuRequest, gpus: list[GpuInfo]) -> str | None:
         big_enough = [g for g in gpus if g.memory_total >= request.min_free_memory]
         if len(big_enough) < request.count:
             return (
-                f"the job needs {request.min_free_memory} bytes free on {_gpus(request.count)} "
+                f"the job needs {format_size(request.min_free_memory)} free on {_gpus(request.count)} "
                 f"but this machine has {_gpus(len(big_enough))} that large."
             )
     return None
