@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
@@ -276,9 +277,52 @@ def parse_hf_checkpoint_dir(name: str) -> int | None:
 # --- exclusive locks (flock) -------------------------------------------------------
 
 
+class UnsafeLockFileError(OSError):
+    """The lock file is a symbolic link, not a regular file, or has other hard links:
+    something another user could have planted to make us write through it. `str()` is
+    one sentence."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def open_lock_file(path: Path) -> int:
-    """An fd on the lock file `path` (created 0600), for `try_lock`."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """An fd on the lock file `path` (created 0600), for `try_lock`.
+
+    Never follows a symbolic link at `path` and never opens anything but a regular file
+    with one link, so a `.lock` planted in a directory others can write cannot make the
+    holder truncate (`write_owner`) or create a file elsewhere.
+
+    Raises:
+        UnsafeLockFileError: `path` is a symlink, not a regular file, or a hard link.
+        OSError: it cannot be opened or created.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        try:
+            why = _unsafe_lock(os.lstat(path))  # ELOOP: a symlink; EISDIR, ENXIO: a directory, a socket
+        except OSError:
+            why = None
+        if why:
+            raise UnsafeLockFileError(exc.errno, f"the lock file {path} {why}", str(path)) from None
+        raise
+    why = _unsafe_lock(os.fstat(fd))
+    if why:
+        os.close(fd)
+        raise UnsafeLockFileError(errno.EPERM, f"the lock file {path} {why}", str(path))
+    return fd
+
+
+def _unsafe_lock(st: os.stat_result) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_nlink > 1:
+        return f"has {st.st_nlink} hard links"
+    return None
 
 
 def try_lock(fd: int) -> bool:
@@ -299,12 +343,19 @@ def write_owner(fd: int) -> None:
 
 
 def lock_owner(path: Path) -> int | None:
-    """The pid written in a held lock file (0 if it holds no pid), None if nobody holds it."""
+    """The pid written in a held lock file (0 if it holds no pid), None if nobody holds it
+    (nor can: a symlink or a non-regular file is never used as a lock)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
     try:
+        if _unsafe_lock(os.fstat(fd)):
+            return None
         if try_lock(fd):
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None

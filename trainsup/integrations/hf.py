@@ -186,7 +186,8 @@ def unseal_checkpoint(path: Path) -> None:
 def _fsync_tree(root: Path, ops: "FileOps") -> None:
     for folder, _, names in os.walk(root):
         for name in names:
-            ops.fsync_file(Path(folder) / name)
+            if not os.path.islink(Path(folder) / name):  # never followed: not ours to fsync
+                ops.fsync_file(Path(folder) / name)
         ops.fsync_dir(Path(folder))
 
 

@@ -17,6 +17,7 @@ from trainsup.trainer.errors import (
     LoopUsageError,
     OptionError,
     TrainerError,
+    UnsafeCheckpointDirError,
 )
 from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.outcome import install_excepthook
@@ -45,6 +46,7 @@ __all__ = [
     "Step",
     "TrainerEnv",
     "TrainerError",
+    "UnsafeCheckpointDirError",
     "save_file",
 ]
 

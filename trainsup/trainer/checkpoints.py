@@ -8,13 +8,16 @@ Layout (inside the checkpoint dir):
                              if the replacement never got its name, else removed
     LATEST                   hint only; the truth is the newest dir whose manifest verifies
     superseded-step-…-<t>/   set aside: corrupt, or newer than the checkpoint a run chose
+
+A `step-…` entry, its manifest or a file it lists that is a symbolic link, not a regular
+file, or (unless `shared`) owned by another user is passed over like a corrupt one
+(`trainsup.trainer.ownership`); manifests are only read once that check passed.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from typing import Any, Iterator, Literal, Mapping
 
 from trainsup.contracts import parse_step_dir, step_dir_name
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
-from trainsup.trainer.fsops import FileOps, Writer
+from trainsup.trainer.fsops import FileOps, Writer, free_bytes, make_dirs
+from trainsup.trainer.ownership import entry_problem
 from trainsup.textlog import get_logger
 from trainsup.manifest import (
     MANIFEST_NAME,
@@ -93,16 +97,21 @@ class Retention:
 
 
 class CheckpointDir:
-    """The trainer's checkpoints inside one directory; every change goes through `ops`."""
+    """The trainer's checkpoints inside one directory; every change goes through `ops`.
 
-    def __init__(self, root: Path, ops: FileOps | None = None, retention: Retention | None = None) -> None:
+    `shared`: checkpoints owned by other users may be loaded (symbolic links never are).
+    """
+
+    def __init__(self, root: Path, ops: FileOps | None = None, retention: Retention | None = None, *,
+                 shared: bool = False) -> None:
         self.root = Path(root)
         self.ops = ops or FileOps()
         self.retention = retention or Retention()
+        self.shared = shared
 
     def prepare(self) -> None:
-        """Create the directory and remove what an interrupted save left behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the directory (durably) and remove what an interrupted save left behind."""
+        make_dirs(self.root)
         for entry in sorted(self.root.iterdir()):
             if match := _REPLACED.fullmatch(entry.name):
                 if os.path.lexists(self.root / match.group(1)):
@@ -174,7 +183,7 @@ class CheckpointDir:
     def _after_commit(self, checkpoint: Checkpoint) -> None:
         """LATEST, then retention: both optional once the checkpoint is durable."""
         try:
-            temp = self.root / f".LATEST.tmp-{os.getpid()}"
+            temp = self.root / f".LATEST.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not guessable in advance
             self.ops.write_file(temp, lambda file: file.write(f"{checkpoint.name}\n".encode()))
             self.ops.fsync_file(temp)
             self.ops.rename(temp, self.root / LATEST)
@@ -192,11 +201,11 @@ class CheckpointDir:
         if newest is None:
             return
         try:
-            needed = sum(d.size for d in read_manifest(self.root / newest).files.values())
+            needed = sum(d.size for d in self.read_manifest(self.root / newest).files.values())
         except InvalidCheckpointError:
             return
-        free = shutil.disk_usage(self.root).free
-        if free < needed:
+        free = free_bytes(self.root)
+        if free is not None and free < needed:
             raise OSError(28, f"only {free} bytes free, the last checkpoint took {needed}")
 
     def _remove_quietly(self, path: Path) -> None:
@@ -233,6 +242,7 @@ class CheckpointDir:
         one is logged in one line with the reason, and appended to `rejected`."""
         for path in self._ordered(select, metric, mode):
             try:
+                self.check_entries(path)
                 manifest = verify(path)
                 if manifest.step != parse_step_dir(path.name):
                     raise InvalidCheckpointError(f"the manifest says step {manifest.step}")
@@ -251,10 +261,34 @@ class CheckpointDir:
             raise ValueError("selecting the best checkpoint needs a metric")
         scored = []
         for newest_first, path in enumerate(dirs):
-            value = _metric_of(path, metric)
+            value = self._metric_of(path, metric)
             if value is not None:
                 scored.append((value if mode == "min" else -value, -newest_first, path))  # ties: the older
         return [path for *_, path in sorted(scored)]
+
+    def read_manifest(self, path: Path) -> Manifest:
+        """The manifest of the checkpoint `path`, once neither it nor its dir is a symlink or another user's.
+
+        Raises:
+            InvalidCheckpointError: why it must not be read, or does not parse.
+        """
+        why = entry_problem(path, "dir", self.shared) or entry_problem(path / MANIFEST_NAME, "file", self.shared)
+        if why:
+            raise InvalidCheckpointError(why)
+        return read_manifest(path)
+
+    def check_entries(self, path: Path) -> None:
+        """Raise InvalidCheckpointError if the checkpoint `path` or a file it lists must not be read."""
+        for name in self.read_manifest(path).files:
+            if "/" not in name and (why := entry_problem(path / name, "file", self.shared)):
+                raise InvalidCheckpointError(why)
+
+    def _metric_of(self, path: Path, metric: str) -> float | None:
+        try:
+            value = self.read_manifest(path).metrics.get(metric)
+        except InvalidCheckpointError:
+            return None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     # -- removing -------------------------------------------------------------
 
@@ -262,7 +296,11 @@ class CheckpointDir:
         """Rename a checkpoint out of the resume order, keeping its files."""
         target = self.root / f"superseded-{path.name}-{time.time_ns()}"
         log.warning("moving %s to %s: %s", path.name, target.name, why)
-        self.ops.rename(path, target)
+        try:
+            self.ops.rename(path, target)
+        except PermissionError as exc:  # another user's entry in a sticky dir (e.g. /tmp): it stays, skipped again
+            log.warning("could not move %s aside (%s); it stays where it is", path.name, exc.strerror)
+            return
         self.ops.fsync_dir(self.root)
 
     def apply_retention(self, keep: str) -> None:
@@ -276,14 +314,6 @@ class CheckpointDir:
             if path.name not in kept:
                 log.info("retention: removing %s", path.name)
                 self.ops.remove_tree(path)
-
-
-def _metric_of(path: Path, metric: str) -> float | None:
-    try:
-        value = read_manifest(path).metrics.get(metric)
-    except InvalidCheckpointError:
-        return None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _describe(exc: BaseException) -> str:

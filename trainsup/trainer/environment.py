@@ -16,6 +16,9 @@ from trainsup.contracts import (
     ENV_RUN_DIR,
 )
 
+# Accept a checkpoint dir other users could have written (see trainsup.trainer.ownership).
+ENV_ALLOW_SHARED_CHECKPOINT_DIR = "TRAINSUP_ALLOW_SHARED_CHECKPOINT_DIR"
+
 
 @dataclass(frozen=True)
 class TrainerEnv:
@@ -26,6 +29,7 @@ class TrainerEnv:
     checkpoint_dir: Path | None = None
     heartbeat_dir: Path | None = None
     rank: int = 0
+    allow_shared_dir: bool = False
 
     @property
     def supervised(self) -> bool:
@@ -53,4 +57,5 @@ class TrainerEnv:
             checkpoint_dir=path(ENV_CHECKPOINT_DIR),
             heartbeat_dir=path(ENV_HEARTBEAT),
             rank=number("RANK", 0),  # torchrun's
+            allow_shared_dir=env.get(ENV_ALLOW_SHARED_CHECKPOINT_DIR, "").strip().lower() in ("1", "true", "yes", "on"),
         )

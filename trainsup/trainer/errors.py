@@ -4,6 +4,7 @@
     └── TrainerError                   raised inside a training process
         ├── CheckpointDirLockedError   another run holds <checkpoint_dir>/.lock          (restartable)
         ├── CheckpointSaveError        a save failed; the previous checkpoint is intact   (restartable)
+        ├── UnsafeCheckpointDirError   the dir (or its .lock) is one another user could have written or planted
         ├── ArchitectureMismatchError  the checkpoint's model (or optimizer, …) does not fit
         ├── EpochOutOfRangeError       the checkpoint is already past the last epoch
         ├── LoopUsageError             the session was used in an order it cannot track
@@ -34,6 +35,11 @@ class CheckpointDirLockedError(TrainerError):
 
 class CheckpointSaveError(TrainerError):
     restartable = True  # disk full, an I/O error: the next attempt may save
+
+
+class UnsafeCheckpointDirError(TrainerError):
+    """A checkpoint dir owned by or writable by another user, or a `.lock` that is a symlink
+    or not a regular file: refused until someone looks (a restart would find the same)."""
 
 
 class ArchitectureMismatchError(TrainerError):

@@ -3,6 +3,11 @@
 Every mutation of the checkpoint directory goes through a `FileOps` object, so
 tests can record the operations, crash after any of them, drop what was not
 fsynced, or make a write fail with ENOSPC. Reads go straight to the OS.
+
+A checkpoint directory may be one other users can write (a sticky scratch dir, a
+shared dir the user opted into): no operation here follows a symbolic link it did
+not make, and every new file is created with O_EXCL, so a name planted in advance
+makes the save fail instead of writing through it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from trainsup import durable
 
 Writer = Callable[[BinaryIO], None]
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 class FileOps:
     """The real operations. Subclass and override to inject faults."""
@@ -24,12 +31,13 @@ class FileOps:
         os.mkdir(path, 0o700)
 
     def write_file(self, path: Path, write: Writer) -> None:
-        """Create `path` (it must not exist) and fill it by calling `write`; no fsync."""
-        with open(path, "xb") as file:
+        """Create `path` (it must not exist, not even as a symlink) and fill it by calling `write`; no fsync."""
+        fd = os.open(path, _CREATE, 0o666)
+        with os.fdopen(fd, "wb") as file:
             write(file)
 
     def fsync_file(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -47,3 +55,38 @@ class FileOps:
 
     def remove_file(self, path: Path) -> None:
         os.unlink(path)
+
+
+def make_dirs(path: Path, mode: int = 0o755) -> list[Path]:
+    """Create `path` and its missing parents, each made durable in its parent (fsync of
+    the parent after each new level), and return the directories created, top first.
+
+    `mode` (before the umask) is never writable by group or others, so a directory the
+    library made passes its own check for directories other users can write.
+
+    Raises:
+        OSError: a level cannot be created, or exists and is not a directory.
+    """
+    missing: list[Path] = []
+    level = Path(os.path.abspath(path))
+    while not level.is_dir() and level.parent != level:
+        missing.append(level)
+        level = level.parent
+    missing.reverse()
+    for level in missing:
+        try:
+            os.mkdir(level, mode)
+        except FileExistsError:
+            if not level.is_dir():
+                raise
+        durable.fsync_dir(level.parent)
+    return missing
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged user may still write on `path`'s file system; None when the
+    file system does not say (some FUSE mounts report 0 total blocks): unknown, not full."""
+    usage = os.statvfs(path)
+    if usage.f_blocks == 0:
+        return None
+    return usage.f_bavail * usage.f_frsize

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainsup.contracts import LOCK_FILE, open_lock_file, try_lock, write_owner
-from trainsup.trainer.errors import CheckpointDirLockedError
+from trainsup.contracts import LOCK_FILE, UnsafeLockFileError, open_lock_file, try_lock, write_owner
+from trainsup.trainer.errors import CheckpointDirLockedError, TrainerError, UnsafeCheckpointDirError
 
 
 class DirLock:
@@ -19,8 +19,19 @@ class DirLock:
 
         Raises:
             CheckpointDirLockedError: another process holds it.
+            UnsafeCheckpointDirError: `.lock` is a symlink, not a regular file, or a hard
+                link: writing our pid into it could overwrite another file.
+            TrainerError: it cannot be opened (e.g. another user's lock file).
         """
-        fd = open_lock_file(self.path)
+        try:
+            fd = open_lock_file(self.path)
+        except UnsafeLockFileError as exc:
+            what = str(exc)  # "the lock file … is a symbolic link"
+            raise UnsafeCheckpointDirError(
+                f"{what[:1].upper()}{what[1:]}; refusing to write this run's pid through it (remove it if you made it)."
+            ) from None
+        except OSError as exc:
+            raise TrainerError(f"Cannot open the lock file {self.path} ({exc.strerror}).") from None
         try:
             locked = try_lock(fd)
             if locked:

@@ -190,12 +190,13 @@ def init_weights(spec: str | Path, retention: Retention, components: Components,
         raise OptionError("init_from needs a model to load the weights into.")
     if select == "path":
         try:
+            CheckpointDir(where.parent, retention=retention, shared=True).check_entries(where)
             manifest = verify(where)
         except InvalidCheckpointError as exc:
             raise OptionError(f"init_from {where} is not a usable checkpoint: {exc}.") from None
         checkpoint = Checkpoint(where, manifest)
     else:
-        source = CheckpointDir(where, retention=retention)
+        source = CheckpointDir(where, retention=retention, shared=True)  # a run the user named: any owner
         found = source.verified(select, retention.metric, retention.mode) if where.is_dir() else iter(())
         checkpoint = next(found, None)
         if checkpoint is None:

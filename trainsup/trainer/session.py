@@ -32,11 +32,12 @@ from trainsup.trainer import rng, statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 from trainsup.trainer.environment import TrainerEnv
 from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionError, TrainerError
-from trainsup.trainer.fsops import FileOps
+from trainsup.trainer.fsops import FileOps, make_dirs
 from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
 from trainsup.textlog import get_logger
 from trainsup.trainer.outcome import exit_for_error, is_out_of_memory, one_line, write_exit_info
+from trainsup.trainer.ownership import check_checkpoint_dir
 from trainsup.trainer.resume import (
     Resume,
     Resumed,
@@ -81,6 +82,7 @@ class Session:
         handle_signals: bool = True,
         environ: Mapping[str, str] | None = None,
         init_from: str | Path | None = None,
+        allow_shared_dir: bool | None = None,
     ) -> None:
         """Wrap a training loop; nothing touches the disk before `start()` (or `with`).
 
@@ -90,6 +92,9 @@ class Session:
         `init_from` ("best:<dir>", "latest:<dir>" or a `step-…` directory) starts a new run
         from that checkpoint's model weights only, with a fresh optimizer, when
         `checkpoint_dir` has no checkpoint to resume; the manifests record it as `origin`.
+        `allow_shared_dir` (default: `TRAINSUP_ALLOW_SHARED_CHECKPOINT_DIR=1`) accepts a
+        checkpoint dir, and checkpoints, that other users own or can write; without it the
+        session refuses them (`UnsafeCheckpointDirError`, see `trainsup.trainer.ownership`).
 
         Raises:
             OptionError: an option that cannot be (also a ValueError), or no checkpoint directory.
@@ -102,7 +107,8 @@ class Session:
         if directory is None:
             raise OptionError("No checkpoint directory: pass checkpoint_dir or run under trainsup (TRAINSUP_CHECKPOINT_DIR).")
         self.checkpoint_dir = Path(directory).absolute()
-        self.checkpoints = CheckpointDir(self.checkpoint_dir, ops, retention)
+        self.allow_shared_dir = self.env.allow_shared_dir if allow_shared_dir is None else bool(allow_shared_dir)
+        self.checkpoints = CheckpointDir(self.checkpoint_dir, ops, retention, shared=self.allow_shared_dir)
         self.saving = saving
         self.resume = resume
         self.batch = batch
@@ -195,7 +201,8 @@ class Session:
         if self._started:
             return self
         self._group = _Group.current()
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.checkpoint_dir)
+        check_checkpoint_dir(self.checkpoint_dir, self.allow_shared_dir)
         if not self.env.supervised and self._writer:
             self._lock.acquire()
         self._started = True
