@@ -39,6 +39,7 @@ class ControlRequest(BaseModel):
     job_id: str
     action: Control
     requested_at: float
+    force: bool = Field(default=False, strict=True)  # cancel --force: SIGKILL now, not after the grace period
 
 
 Request = Annotated[Union[Submission, ControlRequest], Field(discriminator="kind")]

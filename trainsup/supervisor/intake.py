@@ -51,6 +51,15 @@ class Intake:
         path.unlink(missing_ok=True)
         for job_id in stop_after_commit:
             self.attempts.request_stop(job_id)
+            if isinstance(request, ControlRequest) and request.force:
+                self._kill_now(job_id)
+
+    def _kill_now(self, job_id: str) -> None:
+        """`cancel --force`: SIGKILL the attempt's process group now, without waiting out its
+        grace period. Its monitor, already asked to stop, records the end as usual."""
+        live = self.attempts.live.get(job_id)
+        if live is not None:
+            self.attempts.launcher.kill_orphaned_job(live.run_dir)
 
     def _submit(self, submission: Submission, now: float) -> None:
         spec = submission.spec
@@ -90,7 +99,10 @@ class Intake:
             Control.HOLD: self._hold,
             Control.RELEASE: self._release,
         }[request.action]
-        return handler(job, now)
+        stop = handler(job, now)
+        if request.force and stop:
+            self.store.add_event(job.id, "cancel_forced", "cancel --force: SIGKILL to the job's processes now", now)
+        return stop
 
     def _cancel(self, job: Job, now: float) -> list[str]:
         if job.state.is_terminal:
