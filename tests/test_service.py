@@ -88,7 +88,8 @@ def test_system_install_enables_the_template_instance(tmp_path: Path, exe: Path,
     assert result.unit_path == tmp_path / "trainsup@.service"
     assert "\nUser=%i\n" in result.unit_path.read_text()
     assert systemctl.changes == [("daemon-reload",), ("enable", "--now", "trainsup@root.service")]
-    assert result.warnings == ("the daemon and every job will run as root",)
+    [warning] = result.warnings
+    assert warning.startswith("the daemon and every job will run as root without capabilities")
 
 
 def test_system_install_defaults_to_the_sudo_caller(

@@ -210,7 +210,10 @@ def install(
         )
     if scope == "system":
         if account.pw_uid == 0:
-            warnings.append("the daemon and every job will run as root")
+            warnings.append(
+                "the daemon and every job will run as root without capabilities (the unit's sandbox drops them), "
+                "so they cannot touch other users' files; `--as USER` runs them as a normal user"
+            )
         elif closed := _closed_dir(exe, account):
             warnings.append(f"{user} may not be able to run {exe}, because {closed} is closed to them")
     if _differs(unit_path, content):
