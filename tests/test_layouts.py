@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from jobs.step_checkpoint import commit as commit_trainer_checkpoint
 from trainsup.layouts import HF, LIGHTNING, RESUME, TRAINER, find_checkpoints, newest_write, quarantine
+from trainsup.manifest import InvalidCheckpointError, verify
 
 
 def touch(path: Path, at: float, data: bytes = b"x") -> Path:
@@ -78,3 +81,48 @@ def test_a_describe_names_what_the_next_attempt_finds(tmp_path: Path) -> None:
     commit_trainer_checkpoint(tmp_path, 1200)
     texts = sorted(c.describe(now=1040) for c in find_checkpoints(tmp_path))
     assert texts == ["checkpoint-1200/, written 40 s ago", "last.ckpt, written 40 s ago", "step-000001200 (verified)"]
+
+
+# --- files planted by someone else who can write the checkpoint dir ---------------------
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("plant", ["symlink to /dev/zero", "fifo", "huge"])
+def test_a_planted_manifest_neither_hangs_nor_exhausts_the_reader(tmp_path: Path, plant: str) -> None:
+    commit_trainer_checkpoint(tmp_path, 7)
+    planted = tmp_path / "step-000000009"
+    planted.mkdir()
+    manifest = planted / "manifest.json"
+    if plant == "fifo":
+        os.mkfifo(manifest)  # an open() without O_NONBLOCK waits for a writer forever
+    elif plant == "huge":
+        with open(manifest, "wb") as file:
+            file.truncate(64 << 20)  # sparse: no disk used
+    else:
+        manifest.symlink_to("/dev/zero")
+    assert [c.name for c in find_checkpoints(tmp_path)] == ["step-000000007"]
+    with pytest.raises(InvalidCheckpointError, match="manifest.json"):
+        verify(planted)
+
+
+def test_a_state_file_that_is_a_symlink_is_not_a_checkpoint_even_with_a_forged_manifest(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"s" * 10)
+    commit_trainer_checkpoint(tmp_path, 7)
+    state = tmp_path / "step-000000007" / "state"
+    size = state.stat().st_size
+    state.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"x" * size)
+    state.symlink_to(tmp_path / "elsewhere")
+    assert find_checkpoints(tmp_path) == []
+    with pytest.raises(InvalidCheckpointError, match="not a regular file"):
+        verify(tmp_path / "step-000000007")
+
+
+def test_quarantine_never_moves_a_checkpoint_through_a_planted_symlink(tmp_path: Path) -> None:
+    commit_trainer_checkpoint(tmp_path, 7)
+    away = tmp_path.parent / f"{tmp_path.name}-away"
+    away.mkdir()
+    (tmp_path / "quarantine").symlink_to(away)
+    with pytest.raises(OSError, match="not a directory of its own"):
+        quarantine(tmp_path, "step-000000007")
+    assert (tmp_path / "step-000000007").is_dir() and list(away.iterdir()) == []

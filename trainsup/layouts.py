@@ -99,6 +99,9 @@ def quarantine(checkpoint_dir: Path, name: str) -> Path | None:
         return None
     folder = checkpoint_dir / QUARANTINE_DIR
     folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or not folder.is_dir():
+        # planted by someone who can write the checkpoint dir: never move checkpoints through it
+        raise OSError(f"{folder} is not a directory of its own (a symbolic link?); not moving {name} into it")
     target = folder / name.replace(os.sep, "__")
     if os.path.lexists(target):
         target = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}")

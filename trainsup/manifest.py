@@ -7,7 +7,10 @@ sizes agree (`verify(hashes=False)`, a few `stat` calls, not a read of the data)
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,6 +19,8 @@ from typing import Any, BinaryIO
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 4 << 20
+# A manifest lists a few files (a sharded HF checkpoint: hundreds); anything this big is not one.
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class InvalidCheckpointError(Exception):
@@ -81,10 +86,33 @@ class HashingWriter:
         return FileDigest(self.size, self._hash.hexdigest())
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, only if it is a regular file and not a symlink.
+
+    A checkpoint dir another user can write may hold `manifest.json -> /dev/zero` or a
+    FIFO; following either would exhaust memory or block the daemon and `status`.
+
+    Raises:
+        OSError: it cannot be opened, or is a symlink (ELOOP) or not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _reason(exc: OSError) -> str:
+    return "a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+
+
 def digest_file(path: Path) -> FileDigest:
     digest = _sha256()
     size = 0
-    with open(path, "rb") as file:
+    with _open_regular(path) as file:
         while chunk := file.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -93,11 +121,14 @@ def digest_file(path: Path) -> FileDigest:
 
 def read_manifest(directory: Path) -> Manifest:
     try:
-        data = (directory / MANIFEST_NAME).read_bytes()
+        with _open_regular(directory / MANIFEST_NAME) as file:
+            data = file.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise InvalidCheckpointError("manifest.json is missing") from None
     except OSError as exc:
-        raise InvalidCheckpointError(f"manifest.json cannot be read ({exc.strerror})") from None
+        raise InvalidCheckpointError(f"manifest.json cannot be read ({_reason(exc)})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidCheckpointError(f"manifest.json is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     return Manifest.from_bytes(data)
 
 
@@ -118,7 +149,10 @@ def verify(directory: Path, *, hashes: bool = True) -> Manifest:
         if "/" in name or name.startswith("."):
             raise InvalidCheckpointError(f"the manifest names an unsafe file {name!r}")
         try:
-            size = path.stat().st_size
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidCheckpointError(f"{name} is not a regular file")
+            size = info.st_size
             if size != expected.size:
                 raise InvalidCheckpointError(f"{name} has {size} bytes, the manifest says {expected.size}")
             if hashes and digest_file(path).sha256 != expected.sha256:
@@ -126,7 +160,7 @@ def verify(directory: Path, *, hashes: bool = True) -> Manifest:
         except FileNotFoundError:
             raise InvalidCheckpointError(f"{name} is missing") from None
         except OSError as exc:
-            raise InvalidCheckpointError(f"{name} cannot be read ({exc.strerror})") from None
+            raise InvalidCheckpointError(f"{name} cannot be read ({_reason(exc)})") from None
     return manifest
 
 
