@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from trainsup import __version__
 from trainsup.errors import DatabaseVersionError, TrainsupError
 from trainsup.paths import StateDir
 
@@ -31,6 +32,8 @@ def _guard(action: Callable[[], Any]) -> Any:
     """Turn every user-facing error into one sentence on stderr and a non-zero exit."""
     try:
         return action()
+    except BrokenPipeError:
+        _exit_on_broken_pipe()
     except TrainsupError as exc:
         click.echo(f"trainsup: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -41,11 +44,24 @@ def _guard(action: Callable[[], Any]) -> Any:
         sys.exit(1)
 
 
+def _exit_on_broken_pipe() -> None:
+    """The reader went away (`trainsup logs JOB | head`): stop quietly, as a SIGPIPE would.
+
+    stdout is pointed at /dev/null first, so that the interpreter's last flush at exit
+    does not fail again and print a traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(128 + 13)  # what a shell reports for a process ended by SIGPIPE
+
+
 def _print_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="trainsup", message="%(prog)s %(version)s")
 def app() -> None:
     """Keep long PyTorch training runs alive: submit, watch, resume.
 
@@ -108,9 +124,12 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
 @json_option
 def status(job: str | None, as_json: bool) -> None:
     """State, attempt, runtime, last exit reason, pid and progress of every job, or of JOB."""
+    from trainsup import diskspace
     from trainsup.commands import status as status_command
 
     state = _state()
+    if (full := diskspace.notice(state)) is not None:
+        click.echo(f"trainsup: {full}", err=True)
     if job is None:
         rows = _guard(lambda: status_command.job_rows(state))
         _print_json(rows) if as_json else status_command.render_table(rows)
@@ -124,60 +143,80 @@ def status(job: str | None, as_json: bool) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming across restarts until the job ends.")
 @click.option("--attempt", type=click.IntRange(min=1), help="Only this attempt.")
 @click.option("--tail", "-n", type=click.IntRange(min=1), help="Only the last N lines.")
-def logs(job: str, follow: bool, attempt: int | None, tail: int | None) -> None:
-    """stdout+stderr of every attempt, in order, one separator line per attempt."""
+@click.option("--json", "as_json", is_flag=True,
+              help='JSON lines: {"job": ID, "attempt": N, "line": TEXT} per log line, no separators.')
+def logs(job: str, follow: bool, attempt: int | None, tail: int | None, as_json: bool) -> None:
+    """stdout+stderr of every attempt, in order, one separator line per attempt.
+
+    A job that has not started yet says why on stderr (exit 0); an --attempt the job
+    does not have exits 1.
+    """
     from trainsup.commands import logs as logs_command
 
     state = _state()
     if follow:
-        final = _guard(lambda: logs_command.follow(state, job, tail))
+        final = _guard(lambda: logs_command.follow(state, job, tail, as_json=as_json))
         sys.exit(logs_command.exit_code_for(final))
-    _guard(lambda: logs_command.print_logs(state, job, attempt, tail))
+    note = _guard(lambda: logs_command.print_logs(state, job, attempt, tail, as_json))
+    if note:
+        click.echo(f"trainsup: {note}", err=True)
 
 
-def _control(job: str, action: str, as_json: bool, done: str) -> None:
+def _control(job: str, action: str, as_json: bool, force: bool = False) -> None:
+    """Say what the request will do; exit 1 (one sentence, nothing written) when it would do nothing."""
     from trainsup.commands import common, control
 
     state = _state()
-    job_id = _guard(lambda: control.request(state, job, action))
+    answer = _guard(lambda: control.request(state, job, action, force))
     if as_json:
-        _print_json({"id": job_id, "requested": action})
+        _print_json(answer.to_json())
     else:
-        click.echo(f"{done} job {job_id}")
-        if not common.daemon_running(state):
-            click.echo("the daemon is not running: the request applies when it comes up.", err=True)
+        click.echo(answer.message)
+    if answer.requested and not common.daemon_running(state):
+        click.echo("the daemon is not running: the request applies when it comes up.", err=True)
 
 
 @app.command()
 @job_argument
+@click.option("--force", is_flag=True, help="SIGKILL the job's processes now instead of waiting out its grace period.")
 @json_option
-def cancel(job: str, as_json: bool) -> None:
-    """Stop a job for good: SIGTERM its processes, SIGKILL after its grace period."""
-    _control(job, "cancel", as_json, "cancel requested for")
+def cancel(job: str, force: bool, as_json: bool) -> None:
+    """Stop a job for good: its stop signal now, SIGKILL after its grace period (--force: SIGKILL now).
+
+    Asked again while the job stops, it says how long is left before the SIGKILL.
+    Exits 1 without asking the daemon when the job already succeeded or failed.
+    """
+    _control(job, "cancel", as_json, force)
 
 
 @app.command()
 @job_argument
 @json_option
 def restart(job: str, as_json: bool) -> None:
-    """Queue a finished, failed or cancelled job again (it resumes from its checkpoint)."""
-    _control(job, "restart", as_json, "restart requested for")
+    """Queue a succeeded, failed or cancelled job again (it resumes from its checkpoint).
+
+    Exits 1 without asking the daemon when the job has not finished.
+    """
+    _control(job, "restart", as_json)
 
 
 @app.command()
 @job_argument
 @json_option
 def hold(job: str, as_json: bool) -> None:
-    """Keep a waiting job from starting until `release`."""
-    _control(job, "hold", as_json, "hold requested for")
+    """Keep a queued job, or one in backoff, from starting until `release`.
+
+    Exits 1 without asking the daemon when the job runs or has finished.
+    """
+    _control(job, "hold", as_json)
 
 
 @app.command()
 @job_argument
 @json_option
 def release(job: str, as_json: bool) -> None:
-    """Let a held job start again."""
-    _control(job, "release", as_json, "release requested for")
+    """Let a held job start again. Exits 1 when the job is not waiting to start."""
+    _control(job, "release", as_json)
 
 
 @app.command()
@@ -246,6 +285,8 @@ def doctor(as_json: bool) -> None:
 def main() -> None:
     try:
         code = app.main(prog_name="trainsup", standalone_mode=False)
+    except BrokenPipeError:
+        _exit_on_broken_pipe()
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help())
         sys.exit(0)

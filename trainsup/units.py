@@ -76,6 +76,20 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+LONGEST_SHOWN_S = 365 * 86400
+
+
+def format_span(seconds: float) -> str:
+    """Any duration, however long: `format_duration` below two days, `3d04h` up to a year,
+    `over a year` beyond (a backoff or ETA that long is a mistake, not a plan)."""
+    if seconds != seconds or seconds >= LONGEST_SHOWN_S:  # NaN or absurd
+        return "over a year"
+    if seconds < 2 * 86400:
+        return format_duration(max(0.0, seconds))
+    days, rest = divmod(int(seconds), 86400)
+    return f"{days}d{rest // 3600:02d}h"
+
+
 def format_size(size: int) -> str:
     """Bytes in the largest binary unit that keeps one digit before the point: `100 TiB`, `1.5 GiB`."""
     value, unit = float(size), "B"

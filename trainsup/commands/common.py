@@ -94,3 +94,31 @@ def read_text_tail(path: Path, lines: int) -> list[str]:
         return path.read_text(errors="replace").splitlines()[-lines:]
     except FileNotFoundError:
         return []
+
+
+def waiting_text(state: StateDir, store: Store | None, ref: JobRef) -> str:
+    """Why a job that has not started is waiting, e.g. `queued: waiting for 1 free GPU(s)`.
+
+    The daemon writes a `waiting` event when it cannot place a queued job; the newest
+    event of a queued job says whether that is still why.
+    """
+    if ref.pending or store is None:
+        if daemon_running(state):
+            return "queued: the daemon has not taken it yet"
+        return "queued: the daemon is not running"
+    job = store.job(ref.id)
+    if job is None:
+        return "queued"
+    if job.state == "held":
+        return f"held: `trainsup release {ref.id}` lets it start"
+    if job.state == "queued":
+        return waiting_reason(store, ref.id) or "queued"
+    return str(job.state)
+
+
+def waiting_reason(store: Store, job_id: str) -> str | None:
+    """`queued: <the daemon's reason>` when the newest event of the job is a `waiting` one."""
+    events = store.events(job_id)
+    if events and events[-1].kind == "waiting":
+        return f"queued: {events[-1].message}"
+    return None

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainsup.commands.common import open_store, pending_submissions, resolve_job
+from trainsup.commands.common import daemon_running, open_store, pending_submissions, resolve_job, waiting_reason
 from trainsup.commands.table import format_table
 from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, parse_step_dir, read_heartbeats
 from trainsup.layouts import newest_checkpoint
 from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
-from trainsup.units import format_duration
+from trainsup.units import format_duration, format_span
 
 
 def job_rows(state: StateDir) -> list[dict[str, Any]]:
@@ -24,9 +24,13 @@ def job_rows(state: StateDir) -> list[dict[str, Any]]:
     rows = []
     if store is not None:
         for row in store.job_summaries():
-            rows.append(_summary(row))
+            summary = _summary(row)
+            if summary["state"] == "queued":
+                summary["waiting"] = waiting_reason(store, summary["id"])
+            rows.append(summary)
         store.close()
     known = {r["id"] for r in rows}
+    running = daemon_running(state) if any(sub["job_id"] not in known for sub in pending) else False
     for sub in pending:
         if sub["job_id"] not in known:
             rows.append({
@@ -34,7 +38,9 @@ def job_rows(state: StateDir) -> list[dict[str, Any]]:
                 "pending_intake": True, "attempts": 0, "submitted_at": sub["submitted_at"],
                 "state_since": sub["submitted_at"], "pid": None, "last_reason": None,
                 "runtime_s": None, "result": None, "batch": None, "progress": None, "last_checkpoint": None,
-                "peak_gpu_memory": None,
+                "peak_gpu_memory": None, "next_start_at": None,
+                "waiting": "queued: the daemon has not taken it yet" if running
+                else "queued: the daemon is not running",
             })
     return rows
 
@@ -55,6 +61,7 @@ def _summary(row) -> dict[str, Any]:
         "progress": _with_eta(_progress(row["run_dir"]), row) if live else None,
         "peak_gpu_memory": row["peak_gpu_memory"],
         "last_checkpoint": _last_checkpoint(row),
+        "waiting": None,  # for a queued job, why it waits, when the daemon said so
     }
 
 
@@ -156,10 +163,11 @@ def render_detail(detail: dict[str, Any]) -> None:
 
 
 def _state_text(row: dict[str, Any]) -> str:
-    if row.get("pending_intake"):
-        return "queued (daemon has not seen it yet)"
+    """`queued: waiting for 1 free GPU(s)`, `backoff (4m30s)`, or just the state."""
+    if row.get("waiting"):
+        return row["waiting"]
     if row["state"] == "backoff" and row.get("next_start_at"):
-        return f"backoff ({max(0, row['next_start_at'] - time.time()):.0f}s)"
+        return f"backoff ({format_span(row['next_start_at'] - time.time())})"
     return row["state"]
 
 
@@ -192,7 +200,7 @@ def _progress_text(beat: dict | None, gpu_peak: int | None = None) -> str:
     if beat.get("samples_per_s"):
         parts.append(f"{beat['samples_per_s']:.0f} samples/s")
     if beat.get("eta_s") is not None:
-        parts.append(f"ETA {format_duration(beat['eta_s'])}")
+        parts.append(f"ETA {format_span(beat['eta_s'])}")
     if beat.get("phase") not in (None, "train"):
         parts.append(str(beat["phase"]))
     if gpu:
