@@ -176,7 +176,7 @@ def test_a_stop_on_one_rank_reaches_every_rank_they_save_and_exit_75_together(tm
     run, step_at_stop = torchrun_stopped(tmp_path, env, "step 4", "rank-1")
     stops = [line for line in run.stderr.splitlines() if "exit code 75 asks to be resumed" in line]
     assert len(stops) == 2, _worker_lines(run)  # both ranks, at the same step
-    assert run.stderr.count("SIGTERM received") == 1 and "a stop on another rank" in run.stderr, run.stderr[-3000:]
+    assert run.stderr.count("SIGTERM received:") == 1 and "a stop on another rank" in run.stderr, run.stderr[-3000:]
     assert run.returncode == 1, "torchrun exits 1 after its workers exited 75"
     exit_info = json.loads((run_dir / "exit.json").read_text())
     assert exit_info["reason"] == "preempted" and exit_info["step"] >= step_at_stop, exit_info
@@ -282,7 +282,7 @@ def test_under_the_daemon_three_rank_sigkills_a_rank_sigterm_and_a_stop_all_resu
         log = _log(tmp_path, job, attempt)
         saved = json.loads((run_dir / f"attempt-{attempt}.run" / "exit.json").read_text())
         assert saved["reason"] == "preempted", why()
-        assert log.count("exit code 75 asks to be resumed") == 2 and log.count("SIGTERM received") == received, why()
+        assert log.count("exit code 75 asks to be resumed") == 2 and log.count("SIGTERM received:") == received, why()
         beats = [json.loads((run_dir / f"attempt-{attempt}.run" / "heartbeat" / f"rank-{r}.json").read_text())
                  for r in (0, 1)]
         assert [b["step"] for b in beats] == [saved["step"]] * 2 and beats[0]["pid"] != beats[1]["pid"], why()

@@ -341,12 +341,16 @@ class Checkpoints:
             return
         if self.last_saved_step != step:
             self.save(step, epoch=epoch)
-        self._signals.restore()
         detail = f"{self.stop_requested or 'stop'}: checkpoint {HF_CHECKPOINT_PREFIX}{step} saved"
         if getattr(self.accelerator, "is_main_process", True):
             write_exit("preempted", step, detail, self._env)
+        if getattr(self.accelerator, "num_processes", 1) > 1:
+            # The first process to exit makes the launcher SIGTERM the others: none may go
+            # before exit.json is written, which is how the daemon reads the launcher's exit 1.
+            self.accelerator.wait_for_everyone()
         log.info("stopping on %s after checkpoint %s%d; exit code 75 asks to be resumed",
                  self.stop_requested, HF_CHECKPOINT_PREFIX, step)
+        self._signals.restore()
         raise SystemExit(EXIT_PREEMPTED)
 
     def step_end(self, step: int, *, loss: float | None = None, epoch: int = 0) -> None:
