@@ -119,8 +119,8 @@ class World:
                        "workdir": str(self.state.root), **fields}
         text = yaml.safe_dump(spec_fields)
         spec = parse_spec(text, "job.yaml")
-        job_id = f"{name[:8]}{len(self.store.jobs()):04d}"
-        submission = Submission(job_id=job_id, spec=spec, spec_text=text, spec_path="job.yaml",
+        job_id = f"{len(self.store.jobs()):08x}"
+        submission = Submission(job_id=job_id, spec=spec, spec_text=text, spec_path=str(self.state.root / "job.yaml"),
                                 environment={"PATH": "/usr/bin:/bin"}, submitted_at=self.clock.time())
         inbox.drop(self.state.inbox, submission.model_dump(mode="json", by_alias=True))
         self.intake.ingest_all(self.clock.time())

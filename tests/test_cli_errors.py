@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Cli, write_spec
+from support import Cli, DaemonProcess, write_spec
 
 GOOD = "name: ok\ncommand: echo hi\n"
 
@@ -45,13 +45,33 @@ MALFORMED: dict[str, tuple[str | Callable[[Path], Path], list[str]]] = {
 }
 
 
+# Careless or hostile job files that were queued, or crashed the CLI with exit 70 (issue 12).
+HOSTILE: dict[str, tuple[str | Callable[[Path], Path], list[str]]] = {
+    "nul-in-command": ('name: a\ncommand: "echo a\\0b"\n', ["field 'command'", "NUL byte"]),
+    "nul-in-env": ('name: a\ncommand: "true"\nenv: {OPTS: "x\\0y"}\n', ["field 'env'", "OPTS", "NUL byte"]),
+    "gpus-true": (GOOD + "gpus: true\n", ["field 'gpus'", "not true or false"]),
+    "env-20000-deep": (GOOD + "env: " + "{a: " * 20_000 + "1" + "}" * 20_000 + "\n", ["nested more than 32"]),
+    "workdir-no-such-user": (GOOD + "workdir: ~nosuchuser/x\n", ["field 'workdir'", "~nosuchuser"]),
+    "merge-key": ("base: &b\n  name: a\n<<: *b\ncommand: echo\n", ["line 3", "merge keys (<<)"]),
+    "file-50mb": (lambda tmp: _write_bytes(tmp / "job.yaml", (GOOD + "#" + "x" * (50 << 20) + "\n").encode()),
+                  ["larger than 1 MiB"]),
+    "env-value-200kb": (GOOD + "env: {BLOB: " + "x" * 200_000 + "}\n", ["field 'env'", "BLOB", "131072 bytes"]),
+    "checkpoint-dir-is-a-file": (lambda tmp: write_spec(tmp / "job.yaml", name="a", command="true",
+                                                        checkpoint_dir="job.yaml"),
+                                 ["field 'checkpoint_dir'", "exists and is not a folder"]),
+    "checkpoint-dir-under-a-file": (GOOD + "checkpoint_dir: /etc/hostname/ckpt\n",
+                                    ["field 'checkpoint_dir'", "/etc/hostname is not a folder"]),
+    "checkpoint-dir-in-proc": (GOOD + "checkpoint_dir: /proc/ckpt\n", ["field 'checkpoint_dir'", "under /proc"]),
+}
+
+
 def _write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
 
 
 def make(tmp_path: Path, case: str) -> Path:
-    source, _ = MALFORMED[case]
+    source, _ = MALFORMED[case] if case in MALFORMED else HOSTILE[case]
     if callable(source):
         return source(tmp_path)
     path = tmp_path / f"{case}.yaml"
@@ -83,6 +103,16 @@ def test_malformed_job_file(cli: Cli, tmp_path: Path, case: str) -> None:
         assert needle in line
     assert inbox(cli) == []
     assert cli.json("status") == []
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_job_file_is_refused_before_anything_is_written(cli: Cli, tmp_path: Path, case: str) -> None:
+    path = make(tmp_path, case)
+    line = assert_one_sentence(cli.run("submit", str(path), check=False), 2)
+    for needle in HOSTILE[case][1]:
+        assert needle in line
+    assert len(line) < 400
+    assert not Path(cli.env["TRAINSUP_HOME"]).exists()
 
 
 def test_a_good_job_survives_bad_ones(cli: Cli, tmp_path: Path) -> None:
@@ -141,3 +171,42 @@ def test_paths_resolve_from_the_job_file_and_home(cli: Cli, tmp_path: Path) -> N
     (request,) = [json.loads(p.read_text()) for p in (Path(cli.env["TRAINSUP_HOME"]) / "inbox").iterdir()]
     assert request["spec"]["workdir"] == str((home / "proj").resolve())
     assert request["spec"]["checkpoint_dir"] == str((home / "proj" / "ckpt").resolve())
+
+
+# --- secrets in the submitting shell (issue 12) --------------------------------------------
+
+
+def state_files_bytes(state_root: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in state_root.rglob("*") if path.is_file())
+
+
+def test_shell_secrets_are_not_stored_and_the_environment_is_never_printed(
+        cli: Cli, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The whole shell environment was stored in plain text in trainsup.db, its WAL and launch.json."""
+    cli.env.update({"AWS_SECRET_ACCESS_KEY": "canary-aws-secret", "HF_TOKEN": "canary-hf-token",
+                    "WANDB_API_KEY": "canary-wandb-key", "PLAIN_INHERITED": "canary-plain",
+                    "TOKENIZERS_PARALLELISM": "false"})
+    (tmp_path / "out").mkdir()
+    script = f"env > {tmp_path / 'out' / 'env.txt'}"
+    default = cli.submit(write_spec(tmp_path / "default.yaml", name="default", command=script,
+                                    env={"EXPLICIT_TOKEN": "canary-explicit"}))
+    daemon.start()
+    cli.wait_state(default, "succeeded")
+    state_root = Path(cli.env["TRAINSUP_HOME"])
+    assert (state_root / f"jobs/{default}/attempt-1.run/launch.json").exists()
+    stored = state_files_bytes(state_root)
+    assert b"canary-plain" in stored and b"canary-explicit" in stored
+    for secret in (b"canary-aws-secret", b"canary-hf-token", b"canary-wandb-key"):
+        assert secret not in stored
+    keep_all = cli.submit(write_spec(tmp_path / "keep.yaml", name="keep", command="true", env_exclude=[]))
+    cli.wait_state(keep_all, "succeeded")
+    assert b"canary-hf-token" in (state_root / f"jobs/{keep_all}/attempt-1.run/launch.json").read_bytes()
+    job_env = (tmp_path / "out" / "env.txt").read_text()
+    assert "canary-plain" in job_env and "TOKENIZERS_PARALLELISM=false" in job_env
+    assert "EXPLICIT_TOKEN=canary-explicit" in job_env and "canary-hf-token" not in job_env
+    for args in (["status"], ["status", "--json"], ["status", default], ["status", default, "--json"],
+                 ["show", default], ["show", default, "--json"], ["show", keep_all, "--json"]):
+        output = cli.run(*args).stdout
+        assert "canary-" not in output.replace("canary-explicit", ""), args
+    shown = cli.run("show", default).stdout
+    assert "EXPLICIT_TOKEN from the job file" in shown and "values not shown" in shown

@@ -364,3 +364,178 @@ def test_load_spec_binary_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SpecError, match="cannot read the job file"):
         load_spec(path)
+
+
+# --- hostile and careless input (issue 12) -------------------------------------------
+
+
+def one_line(text: str) -> str:
+    message = error(text)
+    assert "\n" not in message and message.startswith("job.yaml"), message
+    return message
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ('name: j\ncommand: "echo a\\0b"\n', "command"),
+        ('name: j\ncommand: [echo, "a\\0b"]\n', "command"),
+        ('name: j\ncommand: x\nenv: {OPTS: "a\\0b"}\n', "env"),
+        ('name: j\ncommand: x\nworkdir: "a\\0b"\n', "workdir"),
+        ('name: j\ncommand: x\ncheckpoint_dir: "a\\0b"\n', "checkpoint_dir"),
+        ('name: j\ncommand: x\ncheckpoint_dir: c\nresume: {args: ["{checkpoint}\\0"], checkpoint: "*.pt"}\n',
+         "resume.args.0"),
+    ],
+)
+def test_a_nul_byte_is_refused_at_submit(text: str, field: str) -> None:
+    """The monitor died on 'embedded null byte' and the job was lost three times."""
+    assert one_line(text).startswith(f"job.yaml: field '{field}'")
+    assert "NUL byte" in error(text)
+
+
+def test_text_that_is_not_utf8_is_refused() -> None:
+    """A lone surrogate from a YAML escape would make the daemon refuse the request later."""
+    assert "UTF-8" in one_line('name: j\ncommand: x\nenv: {A: "\\udcff"}\n')
+    assert "UTF-8" in one_line('name: j\ncommand: [x, "\\udcff"]\n')
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("gpus: true", "gpus"),
+        ("gpus: yes", "gpus"),
+        ("restart: {max_restarts: true}", "restart.max_restarts"),
+        ("restart: {crash_loop: false}", "restart.crash_loop"),
+        ("restart: {on: {hang: true}}", "restart.on.hang"),
+        ("restart: {jitter: true}", "restart.jitter"),
+        ("restart: {factor: true}", "restart.factor"),
+        ("heartbeat: {safety_factor: true}", "heartbeat.safety_factor"),
+        ("batch_size: {global: true, micro: 1}", "batch_size.global"),
+        ("batch_size: {global: 8, micro: 8, factor: true}", "batch_size.factor"),
+        ("gpus: 4294967296", "gpus"),
+    ],
+)
+def test_a_boolean_is_not_a_number(body: str, field: str) -> None:
+    """`gpus: true` became one GPU."""
+    assert one_line(f"name: j\ncommand: x\n{body}\n").startswith(f"job.yaml: field '{field}'")
+
+
+def test_env_nested_20000_deep_is_one_sentence() -> None:
+    deep = "{a: " * 20_000 + "1" + "}" * 20_000
+    assert "nested more than 32 levels deep" in one_line(f"name: j\ncommand: x\nenv: {deep}\n")
+    block = "".join("  " * depth + "a:\n" for depth in range(2_000))
+    assert "nested more than 32 levels deep" in one_line(f"name: j\ncommand: x\nenv:\n{block}")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("base: &b\n  gpus: 1\n<<: *b\nname: j\ncommand: x\n", "merge keys (<<) are not supported"),
+        ("name: j\ncommand: x\n? [a, b]\n: 1\n", "a key must be a plain word"),
+        ("name: j\ncommand: x\n{a: 1}: 2\n", "a key must be a plain word"),
+        ("name: j\ncommand: !!python/object/apply:os.system [true]\n", "the tag !!python/object/apply:os.system"),
+        ("name: j\ncommand: !custom x\n", "the tag !custom is not allowed"),
+        ("name: j\x00\ncommand: x\n", "#x0000 is not allowed"),
+        ("name: j\ncommand: x\n\"a\\nb\": 1\n", "unknown field 'a\\nb'"),
+    ],
+)
+def test_yaml_tricks_are_one_clear_sentence(text: str, needle: str) -> None:
+    assert needle in one_line(text)
+
+
+def test_anchors_and_aliases_still_work() -> None:
+    job = parse_spec("name: j\ncommand: &c [python, t.py]\nresume: {args: [--r, '{checkpoint}'], checkpoint: x}\n"
+                     "checkpoint_dir: c\nenv: {A: &v '1', B: *v}\n", "job.yaml")
+    assert job.env == {"A": "1", "B": "1"}
+
+
+def test_a_key_written_twice_is_refused_as_the_doc_says() -> None:
+    """The doc said YAML keeps the last value without a warning; the code refuses it."""
+    assert "the key 'gpus' appears twice" in one_line("name: j\ncommand: x\ngpus: 1\ngpus: 0\n")
+    doc = (Path(__file__).parents[1] / "docs" / "job-spec.md").read_text()
+    assert "keeps the last value without any warning" not in doc
+    assert "refuses a key written twice" in doc
+
+
+# --- size caps -------------------------------------------------------------------------
+
+
+def test_a_50_mb_job_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    with open(path, "w") as handle:
+        handle.write("name: j\ncommand: x\nenv:\n")
+        for number in range(50 * 1024):
+            handle.write(f"  V{number}: {'x' * 1000}\n")
+    with pytest.raises(SpecError, match="larger than 1 MiB") as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: the job file is larger than 1 MiB, the most trainsup reads."
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"command": ["echo", "x" * 200_000]}, "longer than the 131072 bytes"),
+        ({"command": "echo " + "x" * 200_000}, "longer than the 131072 bytes"),
+        ({"command": ["echo"] * 5000}, "5000 arguments are more than the 4096"),
+        ({"command": ["x" * 100_000] * 6}, "more than the 512 KiB a command may hold"),
+        ({"env": {"BLOB": "x" * 200_000}}, "the value of BLOB is longer than the 131072 bytes"),
+        ({"env": {f"V{n}": "x" * 100_000 for n in range(6)}}, "more than the 512 KiB env may hold"),
+        ({"env": {f"V{n}": "" for n in range(5000)}}, "5000 variables are more than the 4096"),
+        ({"workdir": "x" * 5000}, "at most 4095 bytes"),
+        ({"env_exclude": ["*"] * 300}, "env_exclude"),
+    ],
+)
+def test_sizes_past_what_execve_takes_are_refused(fields: dict, needle: str) -> None:
+    """A 50 MB env value was queued, then failed to spawn with 'Argument list too long'."""
+    with pytest.raises(ValidationError) as caught:
+        spec(**fields)
+    assert needle in str(caught.value)
+
+
+def test_the_largest_command_and_env_allowed_do_run(tmp_path: Path) -> None:
+    """The caps leave room: the biggest accepted command and env, with trainsup's own variables,
+    pass through execve."""
+    import os
+    import subprocess
+
+    from trainsup.jobs.spec import MAX_STRING_BYTES
+
+    arg = "a" * (MAX_STRING_BYTES - 10)
+    job = spec(command=["/bin/sh", "-c", "exit 0", arg, arg, arg],
+               env={f"V{n}": "v" * (MAX_STRING_BYTES - 10) for n in range(3)})
+    env = {**os.environ, **job.env, "TRAINSUP_CHECKPOINT_DIR": "/" + "c" * 4000}
+    assert subprocess.run(job.command, env=env).returncode == 0
+
+
+# --- env_exclude -----------------------------------------------------------------------
+
+
+def test_secret_looking_variables_are_dropped_by_default() -> None:
+    from trainsup.jobs.spec import drop_excluded
+
+    shell = {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "i", "AWS_SESSION_TOKEN": "t", "hf_token": "h",
+             "GITHUB_TOKEN": "g", "WANDB_API_KEY": "w", "DB_PASSWORD": "p", "SSH_PRIVATE_KEY": "k",
+             "PATH": "/bin", "TOKENIZERS_PARALLELISM": "false", "AWS_REGION": "eu", "HOME": "/root",
+             "GOOGLE_APPLICATION_CREDENTIALS": "/k.json"}
+    kept = drop_excluded(shell, spec().env_exclude)
+    assert kept == {"PATH": "/bin", "TOKENIZERS_PARALLELISM": "false", "AWS_REGION": "eu", "HOME": "/root",
+                    "GOOGLE_APPLICATION_CREDENTIALS": "/k.json"}
+    assert drop_excluded(shell, spec(env_exclude=[]).env_exclude) == shell
+    assert set(drop_excluded(shell, spec(env_exclude=["aws_*"]).env_exclude)) == set(shell) - {
+        "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AWS_REGION"}
+
+
+@pytest.mark.parametrize("patterns", ["*TOKEN", [1], ["a\x00"]])
+def test_bad_env_exclude(patterns: object) -> None:
+    with pytest.raises(ValidationError):
+        spec(env_exclude=patterns)
+
+
+def test_a_spec_stored_before_these_checks_still_loads() -> None:
+    """A job queued by an older trainsup (a NUL in its command, 5000 arguments) must not make
+    the daemon fail to read its own database after an upgrade."""
+    stored = spec().model_dump_json(by_alias=True).replace('"command":["true"]',
+                                                            '"command":["echo","a\\u0000b"' + ',"x"' * 5000 + ']')
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate_json(stored)
+    assert JobSpec.from_stored(stored).command[1] == "a\x00b"

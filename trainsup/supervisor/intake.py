@@ -1,4 +1,9 @@
-"""Ingesting the inbox: each request applied in one transaction, then removed."""
+"""Ingesting the inbox: each request applied in one transaction, then removed.
+
+A file that is no valid request (hand-written, damaged, hostile) is set aside in the
+state dir's rejected folder with one log line naming the reason; nothing of it is
+applied, and nothing is written outside the state dir because of it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pydantic import ValidationError
 from trainsup.durable import fsync_dir
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import REQUEST_ADAPTER, Control, ControlRequest, Submission
+from trainsup.jobs.spec import describe_validation_error
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Job, Store
 from trainsup.paths import StateDir
@@ -24,22 +30,26 @@ class Intake:
         self.store = store
         self.state = state
         self.attempts = attempts
+        self.stuck: set[str] = set()  # bad requests that could be neither moved nor removed
 
     def ingest_all(self, now: float) -> int:
         """Apply every pending request; return how many were taken."""
-        paths = inbox.pending(self.state.inbox)
+        paths = [path for path in inbox.pending(self.state.inbox) if path.name not in self.stuck]
         for path in paths:
             self._ingest(path, now)
         return len(paths)
 
     def _ingest(self, path: Path, now: float) -> None:
         try:
-            request = REQUEST_ADAPTER.validate_json(path.read_bytes())
-        except FileNotFoundError:
+            data = inbox.read(path)
+            if data is None:
+                return
+            request = REQUEST_ADAPTER.validate_json(data)
+        except ValidationError as exc:
+            self._set_aside(path, describe_validation_error(exc, tagged=True))
             return
-        except (ValidationError, ValueError, OSError) as exc:
-            log.error("rejected an unreadable request", file=path.name, error=str(exc)[:300])
-            os.replace(path, self.state.rejected / path.name)
+        except (ValueError, OSError) as exc:
+            self._set_aside(path, str(exc))
             return
         stop_after_commit: list[str] = []
         with self.store.transaction():
@@ -61,6 +71,13 @@ class Intake:
         if live is not None:
             self.attempts.launcher.kill_orphaned_job(live.run_dir)
 
+    def _set_aside(self, path: Path, reason: str) -> None:
+        log.error("set aside a bad inbox request", file=path.name, reason=reason[:300],
+                  moved_to=str(self.state.rejected))
+        if not inbox.set_aside(path, self.state.rejected):
+            log.error("cannot move or remove a bad inbox request; ignoring it", file=path.name)
+            self.stuck.add(path.name)
+
     def _submit(self, submission: Submission, now: float) -> None:
         spec = submission.spec
         job = Job(
@@ -80,11 +97,17 @@ class Intake:
 
     def _set_aside_old_checkpoints(self, job: Job, now: float) -> None:
         checkpoint_dir = Path(job.checkpoint_dir)
-        if not checkpoint_dir.is_dir() or not any(checkpoint_dir.iterdir()):
-            return
         aside = checkpoint_dir.with_name(f"{checkpoint_dir.name}.before-{job.id}")
-        os.rename(checkpoint_dir, aside)
-        fsync_dir(checkpoint_dir.parent)
+        try:
+            if not checkpoint_dir.is_dir() or not any(checkpoint_dir.iterdir()):
+                return
+            os.rename(checkpoint_dir, aside)
+            fsync_dir(checkpoint_dir.parent)
+        except OSError as exc:  # resuming instead of the fresh start asked for would be wrong
+            self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, "fresh_failed",
+                                 f"--fresh: cannot move the old checkpoints aside ({exc.strerror or exc})",
+                                 result=f"--fresh: cannot move {checkpoint_dir} aside ({exc.strerror or exc})")
+            return
         self.store.add_event(job.id, "fresh_start", f"--fresh: moved old checkpoints to {aside}", now)
 
     def _control(self, request: ControlRequest, now: float) -> list[str]:
