@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,3 +211,20 @@ def test_shell_secrets_are_not_stored_and_the_environment_is_never_printed(
         assert "canary-" not in output.replace("canary-explicit", ""), args
     shown = cli.run("show", default).stdout
     assert "EXPLICIT_TOKEN from the job file" in shown and "values not shown" in shown
+
+
+@pytest.mark.timeout(60)
+def test_hand_written_inbox_files_never_break_status_show_or_submit(cli: Cli, tmp_path: Path) -> None:
+    """With the daemon down, junk in the inbox stays there; the CLI must still answer."""
+    job = cli.submit(write_spec(tmp_path / "ok.yaml", name="ok", command="echo hi"))
+    inbox = tmp_path / "state" / "inbox"
+    (inbox / "0001-junk-list.json").write_text("[1, 2]")
+    (inbox / "0002-junk-submit.json").write_text('{"kind": "submit"}')
+    (inbox / "0003-junk-spec.json").write_text('{"kind": "submit", "job_id": "abc", "spec": 5}')
+    os.mkfifo(inbox / "0004-junk-fifo.json")  # an open() that waits for a writer would hang status
+    (inbox / "0005-junk-link.json").symlink_to("/dev/zero")
+    status = cli.run("status")
+    assert "ok" in status.stdout and status.stderr == ""
+    assert [row["id"] for row in cli.json("status")] == [job]
+    assert cli.json("show", job)["id"] == job
+    cli.submit(write_spec(tmp_path / "two.yaml", name="two", command="echo hi"))

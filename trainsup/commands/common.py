@@ -35,12 +35,22 @@ def pending_submissions(state: StateDir) -> list[dict]:
     found = []
     for path in inbox.pending(state.inbox):
         try:
-            request = json.loads(path.read_text())
+            data = inbox.read(path)  # untrusted: no symlink followed, no FIFO waited on
+            request = json.loads(data) if data is not None else None
         except (OSError, ValueError):
             continue
-        if request.get("kind") == "submit":
+        if _looks_like_submission(request):
             found.append(request)
     return found
+
+
+def _looks_like_submission(request: object) -> bool:
+    """Enough of a submission for `status` and `show` to list it; the daemon checks the rest."""
+    return (isinstance(request, dict) and request.get("kind") == "submit"
+            and isinstance(request.get("job_id"), str)
+            and isinstance(request.get("spec"), dict) and isinstance(request["spec"].get("name"), str)
+            and isinstance(request.get("submitted_at"), (int, float))
+            and all(key in request for key in ("spec_text", "spec_path")))
 
 
 def daemon_pid(lock_path: Path) -> int | None:
