@@ -284,6 +284,7 @@ def test_run_checks_names_and_one_disk_check_per_path(tmp_path: Path) -> None:
         "nvml",
         "service",
         "linger",
+        "disk_full",
         f"disk:{state.root}",
         f"disk:{ckpt}",
     ]

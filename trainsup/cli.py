@@ -124,9 +124,12 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
 @json_option
 def status(job: str | None, as_json: bool) -> None:
     """State, attempt, runtime, last exit reason, pid and progress of every job, or of JOB."""
+    from trainsup import diskspace
     from trainsup.commands import status as status_command
 
     state = _state()
+    if (full := diskspace.notice(state)) is not None:
+        click.echo(f"trainsup: {full}", err=True)
     if job is None:
         rows = _guard(lambda: status_command.job_rows(state))
         _print_json(rows) if as_json else status_command.render_table(rows)

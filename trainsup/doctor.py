@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from trainsup import diskspace
 from trainsup.commands.common import daemon_pid
 from trainsup.paths import StateDir
 from trainsup.service import (
@@ -58,6 +59,7 @@ def run_checks(
         check_nvml(nvml),
         check_service(user, user_units or user_unit_dir(), system_units),
         check_linger(user, linger_dir, system_unit_enabled=_system_unit_enabled(user, system_units)),
+        check_disk_full(state_dir),
     ]
     seen: set[Path] = set()
     for path in (state_dir.root, *checkpoint_dirs):
@@ -95,6 +97,14 @@ def check_daemon(lock_path: Path) -> Check:
     if pid is None:
         return Check(name, False, "no daemon is running; `trainsup daemon` or the service starts one.")
     return Check(name, True, f"the daemon is running (pid {pid})." if pid else "the daemon is running.")
+
+
+def check_disk_full(state_dir: StateDir) -> Check:
+    """Can the daemon record what happens? Its own word (`disk-status`) and the free space say."""
+    name = "disk_full"
+    if (sentence := diskspace.notice(state_dir)) is not None:
+        return Check(name, False, sentence)
+    return Check(name, True, f"there is room to record jobs under {state_dir.root}.")
 
 
 def check_nvml(nvml: Callable[[], ModuleType] | None = None) -> Check:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from trainsup.durable import fsync_dir
+from trainsup.durable import write_atomic
 
 # A job file (1 MiB) and a resolved spec, JSON-escaped, with the inherited environment.
 MAX_REQUEST_BYTES = 16 * 2**20
@@ -24,14 +24,9 @@ MAX_REQUEST_BYTES = 16 * 2**20
 def drop(inbox: Path, request: dict[str, Any]) -> Path:
     """Durably place one request in the inbox; return its final path."""
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
-    tmp = inbox / f".{name}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(request, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
     final = inbox / name
-    os.rename(tmp, final)
-    fsync_dir(inbox)
+    # 0600, and no temp file left behind when the write fails (a full disk).
+    write_atomic(final, json.dumps(request).encode(), tmp=inbox / f".{name}.tmp")
     return final
 
 

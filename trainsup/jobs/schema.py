@@ -214,6 +214,8 @@ def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
 
 def _copy(db: sqlite3.Connection, backup: Path) -> None:
     """A consistent copy of the database through SQLite's backup API, on disk before we go on."""
+    os.close(os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    os.chmod(backup, 0o600)  # one an interrupted upgrade left behind
     target = sqlite3.connect(backup)
     try:
         db.backup(target)

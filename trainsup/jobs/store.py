@@ -9,6 +9,7 @@ on first use), so `trainsup status` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -139,6 +140,7 @@ class Store:
         version = schema.read_version(path)
         if version > schema.VERSION:
             raise DatabaseVersionError(_newer_message(path, version))
+        _make_private(path)
         db = sqlite3.connect(path, isolation_level=None, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
@@ -189,10 +191,16 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # After SQLITE_FULL the transaction may already be rolled back (or the COMMIT
+            # itself failed): roll back what is left without hiding the error.
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self._db.execute("COMMIT")
 
     # --- jobs -----------------------------------------------------------------
 
@@ -365,6 +373,16 @@ class Store:
             " ever_beat=excluded.ever_beat",
             (job_id, calibration.gaps, calibration.longest_gap, int(calibration.ever_beat)),
         )
+
+
+def _make_private(path: Path) -> None:
+    """The database file at 0600 (created so if new): SQLite gives its -wal and -shm the same mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            os.chmod(file, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _newer_message(path: Path, version: int) -> str:

@@ -18,6 +18,7 @@ import structlog
 
 from trainsup.batch import Batch
 from trainsup.contracts import RESUME_FILE, STARTED_FILE, EndedRecord, read_ended, read_json
+from trainsup.diskspace import is_disk_full
 from trainsup.layouts import FoundCheckpoint, newest_checkpoint, newest_write, quarantine
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Attempt, HeartbeatCalibration, Job, Store
@@ -64,6 +65,33 @@ class Attempts:
     # --- start -------------------------------------------------------------------
 
     def start(self, job: Job, gpu_uuids: list[str], now: float) -> None:
+        """Record attempt N as starting, then launch its monitor.
+
+        Raises:
+            OSError, sqlite3.Error: the disk is full (`diskspace.is_disk_full`). If the
+                attempt was recorded but not launched, it is watched without a monitor,
+                so the next poll ends it as interrupted and requeues the job.
+        """
+        try:
+            attempt, plan = self._record_start(job, gpu_uuids, now)
+        except BaseException:
+            self.gpus.release_after(job.id, set(), self.clock.monotonic())  # granted, never used
+            raise
+        try:
+            monitor = self.launcher.start(plan)
+        except OSError as exc:
+            if is_disk_full(exc):
+                self.watch_attempt(attempt, MonitorHandle(pid=None, started=None))
+                raise
+            self.gpus.release_after(job.id, set(), self.clock.monotonic())
+            self._settle(self.store.job(job.id), attempt, spawn_failure(job, f"cannot start the monitor: {exc}", now), now)
+            return
+        self.watch_attempt(attempt, monitor)
+        log.info("attempt started", job=job.id, name=job.name, attempt=attempt.number, monitor_pid=monitor.pid)
+        # On a full disk this waits for _note_started, which records the monitor too.
+        self.store.update_attempt(job.id, attempt.number, monitor_pid=monitor.pid, monitor_started=monitor.started)
+
+    def _record_start(self, job: Job, gpu_uuids: list[str], now: float) -> tuple[Attempt, LaunchPlan]:
         number = len(self.store.attempts(job.id)) + 1
         batch = self._batch_for(job)
         resume = job.spec.resume
@@ -89,15 +117,7 @@ class Attempts:
         with self.store.transaction():
             self.store.insert_attempt(attempt)
             self.store.set_state(job.id, JobState.QUEUED, JobState.STARTING, now, "attempt_started", message)
-        try:
-            monitor = self.launcher.start(plan)
-        except OSError as exc:
-            self.gpus.release_after(job.id, set(), self.clock.monotonic())
-            self._settle(self.store.job(job.id), attempt, spawn_failure(job, f"cannot start the monitor: {exc}", now), now)
-            return
-        self.store.update_attempt(job.id, number, monitor_pid=monitor.pid, monitor_started=monitor.started)
-        self.watch_attempt(attempt, monitor)
-        log.info("attempt started", job=job.id, name=job.name, attempt=number, monitor_pid=monitor.pid)
+        return attempt, plan
 
     def watch_attempt(self, attempt: Attempt, monitor: MonitorHandle) -> LiveAttempt:
         """Watch an attempt: one this daemon just started, or one it re-adopts."""
@@ -105,6 +125,8 @@ class Attempts:
         calibration = self.store.heartbeat_calibration(job.id)
         tracker = HangTracker(gaps=calibration.gaps, longest_gap=calibration.longest_gap,
                               ever_beat=calibration.ever_beat) if calibration else HangTracker()
+        if (watched := self.live.get(job.id)) is not None:
+            watched.monitor.close()  # adopted again by a recovery retried after a full disk
         live = LiveAttempt(
             job_id=job.id, number=attempt.number, run_dir=Path(attempt.run_dir), log_path=Path(attempt.log_path),
             monitor=monitor, started_at=attempt.started_at, spec=job.spec,
@@ -154,28 +176,30 @@ class Attempts:
         started = read_json(live.run_dir / STARTED_FILE)
         if started is None:
             return
-        live.started_seen = True
-        live.job_pid = started["job_pid"]
+        job_pid = started["job_pid"]
         job = self.store.job(live.job_id)
-        message = f"attempt {live.number} running as pid {live.job_pid}"
+        message = f"attempt {live.number} running as pid {job_pid}"
         with self.store.transaction():
-            self.store.update_attempt(live.job_id, live.number, job_pid=live.job_pid)
+            self.store.update_attempt(live.job_id, live.number, job_pid=job_pid, monitor_pid=live.monitor.pid,
+                                      monitor_started=live.monitor.started)
             if job.state is JobState.STARTING:
                 self.store.set_state(job.id, JobState.STARTING, JobState.RUNNING, now, "attempt_running", message)
             else:
                 self.store.add_event(job.id, "attempt_running", message, now)
+        live.started_seen = True
+        live.job_pid = job_pid
 
     def _note_resumed(self, live: LiveAttempt, now: float) -> None:
         """What the trainer library really started from, and what it passed over (resume.json)."""
         record = read_json(live.run_dir / RESUME_FILE)
         if not isinstance(record, dict):
             return
-        live.resume_seen = True
         skipped = [s for s in record.get("skipped") or [] if isinstance(s, dict)]
         started = f"resumed from {record['checkpoint']}" if record.get("checkpoint") else "started fresh"
         passed = "; ".join(f"skipped {s.get('checkpoint')}: {s.get('why')}" for s in skipped)
         self.store.add_event(live.job_id, "resumed", f"attempt {live.number} {started}"
                                                      + (f" ({passed})" if passed else ""), now)
+        live.resume_seen = True
 
     def watch(self, now: float) -> None:
         """Hang detection and GPU memory sampling for every running attempt."""
@@ -185,10 +209,10 @@ class Attempts:
             live.hang_tracker, verdict = hangs.check(
                 live.hang_tracker, live.spec.heartbeat, live.run_dir, live.log_path, live.started_at, now)
             if verdict is not None:
-                live.hung = True
-                with self.store.transaction():
+                with self.store.transaction():  # recorded first, so that its end reads as a hang
                     self.store.update_attempt(live.job_id, live.number, hang_verdict=verdict.describe())
                     self.store.add_event(live.job_id, "hang", f"attempt {live.number} hung: {verdict.describe()}", now)
+                live.hung = True
                 hangs.kill_hung(live.run_dir, live.job_pid, verdict)
             if live.gpu_uuids:
                 self._sample_gpu_memory(live)
@@ -205,23 +229,32 @@ class Attempts:
 
     def finish(self, job_id: str, number: int, ended: EndedRecord | None, now: float,
                host_restart: bool = False) -> Decision:
-        """Attempt `number` ended (`ended` is its monitor's record, if any): observe, decide, apply."""
-        live = self.live.pop(job_id, None)
-        if live is not None:
-            live.monitor.close()
-            tracker = live.hang_tracker
-            self.store.save_heartbeat_calibration(
-                job_id, HeartbeatCalibration(tracker.gaps, tracker.longest_gap, tracker.ever_beat))
-        pids = (live.seen_pids | {live.job_pid}) if live and live.job_pid else set()
-        self.gpus.release_after(job_id, pids, self.clock.monotonic())
+        """Attempt `number` ended (`ended` is its monitor's record, if any): observe, decide, apply.
+
+        The attempt stays watched until its end is committed: if the disk is full, the
+        error propagates and the next poll settles it again.
+        """
+        live = self.live.get(job_id)
         job, attempt = self.store.job(job_id), self.store.attempts(job_id)[number - 1]
         seen = observe(job, attempt, ended, now, host_restart=host_restart)
-        return self._settle(job, attempt, seen, now, live.peak_gpu_memory if live else None)
+        calibration = None
+        if live is not None:
+            tracker = live.hang_tracker
+            calibration = HeartbeatCalibration(tracker.gaps, tracker.longest_gap, tracker.ever_beat)
+        decision = self._settle(job, attempt, seen, now, live.peak_gpu_memory if live else None, calibration)
+        if live is not None:
+            del self.live[job_id]
+            live.monitor.close()
+        pids = (live.seen_pids | {live.job_pid}) if live and live.job_pid else set()
+        self.gpus.release_after(job_id, pids, self.clock.monotonic())
+        return decision
 
     def _settle(self, job: Job, attempt: Attempt, seen: Observation, now: float,
-                peak_gpu_memory: int | None = None) -> Decision:
+                peak_gpu_memory: int | None = None, calibration: HeartbeatCalibration | None = None) -> Decision:
         reason = classify(seen)
         with self.store.transaction():
+            if calibration is not None:
+                self.store.save_heartbeat_calibration(job.id, calibration)
             self.store.update_attempt(
                 job.id, attempt.number, ended_at=seen.ended_at, exit_code=seen.exit_code, signal=seen.signal,
                 reason=reason, detail=seen.describe(), checkpoint_after=seen.checkpoint, job_pid=seen.job_pid,

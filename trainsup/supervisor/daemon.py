@@ -4,6 +4,11 @@
 
 The loop sleeps in select() on a wake-up pipe (inbox events, signals) and on a
 pidfd per attempt monitor, so an exit is noticed within milliseconds.
+
+A full disk under the state dir stops nothing that runs: each step that cannot write
+is tried again on the next tick, the monitors keep their jobs (and wait to write
+their records), nothing new starts, and the daemon says "disk full" in its log, its
+systemd status and `disk-status` until a step succeeds with space to spare.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from trainsup import diskspace
 from trainsup.contracts import open_lock_file, try_lock, write_owner
 from trainsup.errors import DaemonAlreadyRunningError
 from trainsup.gpu.probe import GpuProbe, probe_from_env
@@ -41,6 +49,7 @@ IDLE_WAKEUP_S = 1.0
 SHUTDOWN_MARGIN_S = 15.0
 LOCK_RETRY_S = 1.0
 HEARTBEAT_POLL_S = 0.25
+DISK_FULL_RETRY_S = 1.0
 
 
 @dataclass
@@ -90,12 +99,21 @@ class Daemon:
         self.shutdown_requested = False
         self.waiting: set[str] = set()
         self.last_status = ""
+        self.recovered = False
+        self.disk_full_since: float | None = None  # wall clock; None while every write succeeds
+        self.disk_error: BaseException | None = None  # the last write that failed for lack of space
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
         faulthandler.enable()  # a watchdog SIGABRT leaves every thread's stack in the journal
         self.state.ensure()
         self.lock = DaemonLock.acquire(self.state)
+        self.state.make_private()
+        self.disk_status = diskspace.DiskStatus(self.state.disk_status)
+        try:
+            self.disk_status.prepare()
+        except OSError as exc:
+            log.warning("cannot write the disk-status file", path=str(self.state.disk_status), error=str(exc))
         self.store = Store.open(self.state.db)
         self.gpus = GpuBook(self.probe or probe_from_env(os.environ))
         self.attempts = Attempts(self.store, self.state, self.boot_id or host.boot_id(), self.gpus,
@@ -106,7 +124,6 @@ class Daemon:
         observer.schedule(_WakeOnInbox(self.wake_write), str(self.state.inbox), recursive=False)
         observer.start()
         try:
-            recover(self.store, self.attempts, self.clock.time())
             inbox.remove_stale_temp_files(self.state.inbox)
             self.step()
             self.notifier.ready(self._status_line())
@@ -122,19 +139,59 @@ class Daemon:
         return 0
 
     def step(self) -> None:
+        """One pass. A part that fails for lack of space is retried next time; the others still run."""
         now = self.clock.time()
-        self.intake.ingest_all(now)
-        self.attempts.poll(now)
-        self.attempts.watch(now)
-        self.gpus.settle_releases(self.clock.monotonic())
-        self._release_backoffs(now)
-        if not self.shutdown_requested:
-            self._start_queued(now)
+        wrote = self.recovered or self._try(self._recover, now)
+        if wrote:  # until recovery is recorded, this daemon knows nothing to act on
+            wrote &= self._try(self.intake.ingest_all, now)
+            wrote &= self._try(self.attempts.poll, now)
+            wrote &= self._try(self.attempts.watch, now)
+            self.gpus.settle_releases(self.clock.monotonic())
+            wrote &= self._try(self._release_backoffs, now)
+            if wrote and self.disk_full_since is not None:
+                wrote = self._space_is_back()
+        self._note_disk(wrote, now)
+        if wrote and not self.shutdown_requested:
+            self._note_disk(self._try(self._start_queued, now), now)
         status = self._status_line()
         if status != self.last_status:
             self.notifier.status(status)
             self.last_status = status
         self.notifier.watchdog()
+
+    def _recover(self, now: float) -> None:
+        recover(self.store, self.attempts, now)
+        self.recovered = True
+
+    def _try(self, part: Callable[[float], object], now: float) -> bool:
+        """Run one part of the step; False if it could not write for lack of space."""
+        try:
+            part(now)
+        except Exception as exc:
+            if not diskspace.is_disk_full(exc):
+                raise
+            self.disk_error = exc
+            return False
+        return True
+
+    def _space_is_back(self) -> bool:
+        """Every write went through: leave disk-full mode once there is room to spare, too."""
+        free = diskspace.free_bytes(self.state.root)
+        return free is None or free >= diskspace.FULL_BELOW_BYTES
+
+    def _note_disk(self, wrote: bool, now: float) -> None:
+        if not wrote and self.disk_full_since is None:
+            self.disk_full_since = now
+            log.error("disk full: cannot write to the state dir; supervising the running jobs, starting"
+                      " nothing new, retrying every second", state_dir=str(self.state.root),
+                      error=str(self.disk_error), free_bytes=diskspace.free_bytes(self.state.root),
+                      running=len(self.attempts.live))
+            self.disk_status.report(True, now, str(self.disk_error))
+        elif wrote and self.disk_full_since is not None:
+            log.warning("disk space is back: carrying on", state_dir=str(self.state.root),
+                        full_for_s=round(now - self.disk_full_since, 1))
+            self.disk_full_since = None
+            self.disk_status.report(False)
 
     def _release_backoffs(self, now: float) -> None:
         for job in self.store.jobs({JobState.BACKOFF}):
@@ -160,10 +217,14 @@ class Daemon:
 
     def _note_waiting(self, job_id: str, message: str, now: float) -> None:
         if job_id not in self.waiting:
-            self.waiting.add(job_id)
             self.store.add_event(job_id, "waiting", message, now)
+            self.waiting.add(job_id)
 
     def _next_timeout(self) -> float:
+        if self.disk_full_since is not None:
+            # Due backoffs and exited monitors wait for space: retry at a steady pace, not at once.
+            interval = self.notifier.watchdog_interval
+            return DISK_FULL_RETRY_S if interval is None else min(DISK_FULL_RETRY_S, interval)
         timeout = IDLE_WAKEUP_S if not self.waiting else min(IDLE_WAKEUP_S, 0.5)
         if any(a.hang_tracker and a.hang_tracker.ever_beat for a in self.attempts.live.values()):
             # Sample heartbeats often enough to learn the job's own interval, not our tick.
@@ -176,7 +237,9 @@ class Daemon:
         return timeout
 
     def _wait(self, timeout: float) -> None:
-        fds = [self.wake_read] + [a.monitor.pidfd for a in self.attempts.live.values() if a.monitor.pidfd is not None]
+        fds = [self.wake_read]
+        if self.disk_full_since is None:  # an exited monitor whose end cannot be recorded yet stays readable
+            fds += [a.monitor.pidfd for a in self.attempts.live.values() if a.monitor.pidfd is not None]
         select.select(fds, [], [], timeout)
         try:
             while os.read(self.wake_read, 4096):
@@ -203,12 +266,15 @@ class Daemon:
         log.info("shutting down", running=len(live_jobs), grace_period=grace)
         now = self.clock.time()
         for job in live_jobs:
-            self._stop_for_shutdown(job, now)
-            self.attempts.request_stop(job.id)
+            if self._try(partial(self._stop_for_shutdown, job), now):
+                self.attempts.request_stop(job.id)
+            else:  # a stop we cannot record would read as a crash: leave it to the next daemon
+                log.warning("disk full: leaving the job running for the next daemon", job=job.id)
+                self.attempts.live.pop(job.id).monitor.close()
         deadline = self.clock.monotonic() + grace + SHUTDOWN_MARGIN_S
         while self.attempts.live and self.clock.monotonic() < deadline:
             self._wait(min(1.0, max(0.0, deadline - self.clock.monotonic())))
-            self.attempts.poll(self.clock.time())
+            self._try(self.attempts.poll, self.clock.time())
         if self.attempts.live:
             log.warning("jobs still running at exit; the next daemon re-adopts them", jobs=list(self.attempts.live))
         log.info("daemon stopped")
@@ -228,4 +294,5 @@ class Daemon:
         counts = self.store.count_by_state()
         running = counts.get("running", 0) + counts.get("starting", 0)
         waiting = counts.get("queued", 0) + counts.get("backoff", 0)
-        return f"{running} running, {waiting} waiting"
+        line = f"{running} running, {waiting} waiting"
+        return line if self.disk_full_since is None else f"disk full, starting nothing new; {line}"

@@ -33,7 +33,7 @@ from trainsup.contracts import (
     clean_child_env,
     read_json,
 )
-from trainsup.durable import write_json_atomic
+from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.store import Job
 from trainsup.supervisor import cgroup, host
 
@@ -64,7 +64,7 @@ class LaunchPlan:
 class MonitorHandle:
     """A monitor process the daemon watches: one it started, or one it re-adopted."""
 
-    pid: int
+    pid: int | None  # None: never launched (the launch hit a full disk)
     started: float | None  # its create time: with the pid, its identity
     pidfd: int | None = None  # readable when it exits
     process: subprocess.Popen | None = None  # set when this daemon started it
@@ -123,9 +123,11 @@ def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
 
 def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None:
     """Create the run dir and the `launch.json` the monitor reads."""
-    plan.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    plan.heartbeat_dir.mkdir(mode=0o700, exist_ok=True)
-    Path(plan.job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    make_dirs(plan.heartbeat_dir, 0o700)  # the job dir, the run dir, each made durable in its parent
+    checkpoint_dir = Path(plan.job.checkpoint_dir)
+    # The default checkpoint dir lies in the job dir, which is ours: private like it.
+    private = checkpoint_dir.is_relative_to(plan.run_dir.parent)
+    checkpoint_dir.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
     spec = plan.job.spec
     write_json_atomic(
         plan.run_dir / LAUNCH_FILE,
@@ -147,7 +149,7 @@ class ProcessLauncher:
 
     def start(self, plan: LaunchPlan) -> MonitorHandle:
         write_launch_file(plan, _make_cgroup(plan))
-        monitor_log = open(plan.run_dir / MONITOR_LOG, "ab")
+        monitor_log = os.open(plan.run_dir / MONITOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         # Blocked here, inherited blocked: a stop request that arrives before the monitor
         # has its handlers waits for them instead of killing it mid-start.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -162,7 +164,7 @@ class ProcessLauncher:
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            monitor_log.close()
+            os.close(monitor_log)
         return MonitorHandle(process.pid, host.create_time(process.pid), host.open_pidfd(process.pid), process)
 
     def attach(self, pid: int, started: float | None) -> MonitorHandle:

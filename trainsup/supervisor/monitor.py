@@ -17,6 +17,7 @@ are its business), SIGKILL to the whole tree after the grace period.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import signal
@@ -40,6 +41,7 @@ PR_SET_CHILD_SUBREAPER = 36
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOCK_POLL_S = 0.1
 LEFTOVER_GRACE_S = 3.0
+DISK_FULL_RETRY_S = 1.0
 
 
 class AttemptMonitor:
@@ -114,8 +116,8 @@ class AttemptMonitor:
             )
         finally:
             os.close(log)
-        write_json_atomic(
-            self.run_dir / STARTED_FILE,
+        self._write_record(
+            STARTED_FILE,
             {"job_pid": job.pid, "pgid": job.pid, "monitor_pid": os.getpid(), "started_at": time.time()},
         )
         return job
@@ -182,7 +184,22 @@ class AttemptMonitor:
             spawn_error=spawn_error, stop_requested=self.stop_requested_at is not None,
             killed_after_grace=self.killed_after_grace,
         )
-        write_json_atomic(self.run_dir / ENDED_FILE, record.to_json())
+        self._write_record(ENDED_FILE, record.to_json())
+
+    def _write_record(self, name: str, payload: dict) -> None:
+        """Write a record the daemon reads; on a full disk, wait for space rather than lose it.
+
+        While this monitor lives the daemon waits for its record, so a job's end that
+        comes while the disk is full is recorded once space is back, not taken as lost.
+        """
+        while True:
+            try:
+                write_json_atomic(self.run_dir / name, payload)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+            self._sleep(DISK_FULL_RETRY_S)
 
 
 def _become_subreaper() -> None:
