@@ -195,12 +195,14 @@ def write_heartbeat(directory: Path, beat: Heartbeat) -> None:
     """
     path = heartbeat_path(directory, beat.rank)
     tmp = directory / f".rank-{beat.rank}.json.tmp-{os.getpid()}"
-    data = json.dumps(beat.to_json())
+    data = json.dumps(beat.to_json()).encode()
     try:
-        tmp.write_text(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(data)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
     os.replace(tmp, path)
 
 

@@ -179,7 +179,9 @@ def check_disk(
         usage = shutil.disk_usage(probe)
     except OSError as exc:
         return Check(name, False, f"cannot measure free space at {path}: {exc.strerror}.")
-    fraction = usage.free / usage.total if usage.total else 0.0
+    if not usage.total:  # some FUSE mounts report no blocks at all: unknown, not full
+        return Check(name, None, f"the file system at {path} does not report its size.")
+    fraction = usage.free / usage.total
     summary = f"{usage.free / GiB:.1f} GiB free ({fraction:.0%}) at {path}"
     if usage.free < min_free_bytes or fraction < min_free_fraction:
         return Check(name, False, f"only {summary}; checkpoints may fail to save.")

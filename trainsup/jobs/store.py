@@ -50,7 +50,8 @@ class Job:
         """The typed spec, parsed on first use (pydantic is imported only then)."""
         from trainsup.jobs.spec import JobSpec
 
-        return JobSpec.model_validate_json(self.spec_json)
+        # Without the input checks added since it was queued: a stored job always loads.
+        return JobSpec.from_stored(self.spec_json)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from trainsup.contracts import (
     read_json,
     try_lock,
 )
-from trainsup.durable import write_json_atomic
+from trainsup.durable import make_dirs, write_json_atomic
 
 PR_SET_CHILD_SUBREAPER = 36
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -67,7 +67,11 @@ class AttemptMonitor:
     def run(self) -> int:
         _become_subreaper()
         _join_cgroup(self.launch.get("cgroup"))
-        lock_fd = self._acquire_lock()
+        try:
+            lock_fd = self._acquire_lock()
+        except OSError as exc:  # e.g. a `.lock` planted as a symlink: one sentence, no retry can fix it
+            self._record_end(exit_code=None, signum=None, spawn_error=f"cannot lock the checkpoint dir: {exc}")
+            return 0
         if lock_fd is None or self.stop_requested_at is not None:
             self._record_end(exit_code=None, signum=None, never_started=True)
             return 0
@@ -89,7 +93,7 @@ class AttemptMonitor:
     def _acquire_lock(self) -> int | None:
         """Hold the checkpoint-dir lock so that two attempts of one job never overlap."""
         lock_path = Path(self.launch["lock_path"])
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(lock_path.parent, mode=0o755)  # the job's checkpoint dir: durable, never group/other-writable
         fd = open_lock_file(lock_path)
         while not try_lock(fd):
             if self.stop_requested_at is not None:

@@ -128,7 +128,7 @@ def decide(
     if last.reason is EndReason.CUDA_OOM and batch is not None and batch_size is not None:
         return _after_cuda_oom(history, policy, job_checkpoints, jitter, batch, batch_size)
     if last.reason is EndReason.SPAWN_FAILED:
-        return Decision(Action.FAIL, "the command could not be started")
+        return Decision(Action.FAIL, _sentence(last.detail) or "the command could not be started")
     if last.reason is EndReason.PREEMPTED:
         return Decision(Action.RESTART, "preempted after a checkpoint: resuming at once")
     if last.reason in RESUME_LATER:
