@@ -107,11 +107,10 @@ def test_ten_cancels_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: D
                               checkpoint_dir=str(tmp_path / f"ckpt-{name}"), grace_period="60s",
                               restart={"max_restarts": 0})
             jobs.append(cli.submit(spec))
+        # a lower bound of each job's step at its cancel (a second read can land outside the train phase)
+        steps_at_stop = {job: wait_for(lambda: _training_step(tmp_path, job, 1, 0), 60, 0.05, f"{job} to train")
+                         for job in jobs}
         for job in jobs:
-            wait_for(lambda: _training_step(tmp_path, job, 1, 0), 60, 0.05, f"{job} to train")
-        steps_at_stop = {}
-        for job in jobs:
-            steps_at_stop[job] = _training_step(tmp_path, job, 1, 0)
             cli.run("cancel", job)
         for job in jobs:
             final = cli.wait_state(job, "cancelled", "failed", "succeeded", timeout=60)
