@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import pwd
+import shutil
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,3 +35,42 @@ def daemon(state_env: dict[str, str], tmp_path: Path) -> Iterator[DaemonProcess]
     yield handle
     handle.stop()
     kill_leftover_monitors(Path(state_env["TRAINSUP_HOME"]))
+
+
+# --- a second user, for tests written as the attacker (tests/trainer/test_hostile_dirs.py, adapters) ---
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A scratch dir every user can reach, like /tmp (pytest's own tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="trainsup-hostile-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def bob() -> SimpleNamespace:
+    """User B: a second real uid; `bob.run(action)` runs `action` in a process of B's."""
+    entry = pwd.getpwnam("nobody")
+
+    def run(action: Callable[[], None]) -> None:
+        pid = os.fork()
+        if pid == 0:  # only file operations here: no torch in a forked child
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+                os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+                action()
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "B's action failed"
+
+    return SimpleNamespace(uid=entry.pw_uid, name=entry.pw_name, run=run)

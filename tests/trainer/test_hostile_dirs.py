@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import stat
 import tempfile
-import traceback
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -28,42 +25,6 @@ from trainsup.trainer.checkpoints import CheckpointDir
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as a second user needs root")
 PRECIOUS = b"A's notes, not a lock file\n"
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A scratch dir every user can reach, like /tmp (pytest's own tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="trainsup-hostile-"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def bob() -> SimpleNamespace:
-    """User B: a second real uid; `bob.run(action)` runs `action` in a process of B's."""
-    entry = pwd.getpwnam("nobody")
-
-    def run(action: Callable[[], None]) -> None:
-        pid = os.fork()
-        if pid == 0:  # only file operations here: no torch in a forked child
-            code = 1
-            try:
-                os.setgroups([])
-                os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
-                os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
-                action()
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, "B's action failed"
-
-    return SimpleNamespace(uid=entry.pw_uid, name=entry.pw_name, run=run)
 
 
 def model_of(value: float) -> torch.nn.Module:

@@ -57,8 +57,10 @@ from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEM
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
     env_int,
+    foreign_entry,
     heartbeats,
     log,
+    refuse_foreign_dir,
     reject,
     write_exit,
     write_resume_record,
@@ -214,6 +216,7 @@ def newest_verified(output_dir: str | os.PathLike[str], *, move: bool = True,
     from trainsup.integrations.hf import check_checkpoint, checkpoints_of
 
     root = Path(output_dir)
+    refuse_foreign_dir(root, environ)
     if move:
         try:
             leftovers = [e.path for e in os.scandir(root) if _TEMP_NAME.fullmatch(e.name)]
@@ -225,6 +228,9 @@ def newest_verified(output_dir: str | os.PathLike[str], *, move: bool = True,
     skipped: list[dict[str, str]] = []
     chosen: tuple[int, Path] | None = None
     for step, path in checkpoints_of(root):
+        if (problem := foreign_entry(path, "dir", environ)) is not None:
+            skipped.append(reject(root, path, InvalidCheckpointError(problem), move=False))
+            continue
         try:
             check_checkpoint(path, step)
         except InvalidCheckpointError as exc:

@@ -53,8 +53,10 @@ from trainsup.durable import fsync_dir
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
     env_int,
+    foreign_entry,
     heartbeats,
     log,
+    refuse_foreign_dir,
     rank,
     reject,
     write_exit,
@@ -109,9 +111,13 @@ def resume_checkpoint(output_dir: str | os.PathLike[str], *, environ: Mapping[st
     """
     env = os.environ if environ is None else environ
     root = Path(output_dir)
+    refuse_foreign_dir(root, env)
     skipped: list[dict[str, str]] = []
     chosen: tuple[int, Path] | None = None
     for step, path in checkpoints_of(root):
+        if (problem := foreign_entry(path, "dir", env)) is not None:
+            skipped.append(reject(root, path, InvalidCheckpointError(problem), move=False))
+            continue
         try:
             check_checkpoint(path, step)
         except InvalidCheckpointError as exc:

@@ -83,7 +83,15 @@ from typing import TYPE_CHECKING, Any
 from trainsup.batch import Batch
 from trainsup.contracts import ENV_CHECKPOINT_DIR, EXIT_PREEMPTED, Phase
 from trainsup.durable import fsync_dir
-from trainsup.integrations.runtime import heartbeats, log, reject, write_exit, write_resume_record
+from trainsup.integrations.runtime import (
+    foreign_entry,
+    heartbeats,
+    log,
+    refuse_foreign_dir,
+    reject,
+    write_exit,
+    write_resume_record,
+)
 from trainsup.integrations.sidecar import (
     MANIFEST_SUFFIX,
     UnverifiedCheckpointError,
@@ -145,6 +153,7 @@ def resume_checkpoint(dirpath: str | os.PathLike[str] | None = None, *, write_re
         if not dirpath:
             raise ValueError(f"resume_checkpoint() needs a directory, or {ENV_CHECKPOINT_DIR} set")
     root = Path(dirpath)
+    refuse_foreign_dir(root)
     if not root.is_dir():
         if write_record:
             write_resume_record(None, None, [])
@@ -154,6 +163,9 @@ def resume_checkpoint(dirpath: str | os.PathLike[str] | None = None, *, write_re
     chosen: Path | None = None
     chosen_step: int | None = None
     for path in _newest_first(root):
+        if (problem := foreign_entry(path, "file")) is not None:
+            skipped.append(reject(root, path, UnverifiedCheckpointError(problem), move=False))
+            continue
         try:
             entry = verify_checkpoint(path)
         except UnverifiedCheckpointError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from trainsup.contracts import ENV_ATTEMPT, ENV_HEARTBEAT, ENV_RUN_DIR, RESUME_FILE, ExitReason
 from trainsup.durable import write_json_atomic
@@ -65,6 +65,31 @@ def write_resume_record(chosen: str | None, step: int | None, skipped: list[dict
         write_json_atomic(Path(run_dir) / RESUME_FILE, record)
     except OSError as exc:
         log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
+
+
+def refuse_foreign_dir(root: Path, environ: Mapping[str, str] | None = None) -> None:
+    """The trainer's rule for checkpoint dirs other users can write (`trainsup.trainer.ownership`),
+    for the adapters' resume: a dir owned or writable by another user is refused in one
+    sentence unless `TRAINSUP_ALLOW_SHARED_CHECKPOINT_DIR=1`.
+
+    Raises:
+        UnsafeCheckpointDirError: not restartable; the trainer's excepthook turns it into one
+            sentence and `exit.json` "config_error".
+    """
+    from trainsup.trainer.environment import TrainerEnv
+    from trainsup.trainer.ownership import check_checkpoint_dir
+
+    if os.path.lexists(root):
+        check_checkpoint_dir(root, TrainerEnv.from_environ(environ).allow_shared_dir)
+
+
+def foreign_entry(path: Path, kind: Literal["dir", "file"], environ: Mapping[str, str] | None = None) -> str | None:
+    """Why checkpoint `path` must not be loaded though it may verify (a symbolic link, another
+    user's), in a few words; None when it may."""
+    from trainsup.trainer.environment import TrainerEnv
+    from trainsup.trainer.ownership import entry_problem
+
+    return entry_problem(path, kind, TrainerEnv.from_environ(environ).allow_shared_dir)
 
 
 def reject(root: Path, path: Path, why: BaseException, *, move: bool = True, also: tuple[Path, ...] = ()) -> dict[str, str]:
