@@ -21,7 +21,15 @@ from trainsup.errors import DatabaseVersionError, TrainsupError
 from trainsup.paths import StateDir
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-job_argument = click.argument("job", metavar="JOB")
+
+
+def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from trainsup.commands.completion import job_candidates
+
+    return job_candidates(_state(), incomplete)
+
+
+job_argument = click.argument("job", metavar="JOB", shell_complete=_complete_job)
 
 
 def _state() -> StateDir:
@@ -120,19 +128,28 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
 
 
 @app.command()
-@click.argument("job", required=False, metavar="[JOB]")
+@click.argument("job", required=False, metavar="[JOB]", shell_complete=_complete_job)
+@click.option("--watch", "-w", is_flag=True, help="Refresh in place like watch(1) until Ctrl+C.")
+@click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
 @json_option
-def status(job: str | None, as_json: bool) -> None:
+def status(job: str | None, watch: bool, interval: float, as_json: bool) -> None:
     """State, attempt, runtime, last exit reason, pid and progress of every job, or of JOB."""
     from trainsup import diskspace
     from trainsup.commands import status as status_command
+    from trainsup.commands.table import use_colour
 
     state = _state()
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch and --json do not go together")
+        _guard(lambda: status_command.watch(state, job, interval, use_colour(sys.stdout)))
+        return
     if (full := diskspace.notice(state)) is not None:
         click.echo(f"trainsup: {full}", err=True)
     if job is None:
         rows = _guard(lambda: status_command.job_rows(state))
-        _print_json(rows) if as_json else status_command.render_table(rows)
+        _print_json(rows) if as_json else status_command.render_table(rows, use_colour(sys.stdout))
     else:
         detail = _guard(lambda: status_command.job_detail(state, job))
         _print_json(detail) if as_json else status_command.render_detail(detail)
@@ -221,13 +238,41 @@ def release(job: str, as_json: bool) -> None:
 
 @app.command()
 @job_argument
+@click.option("--env", "record", is_flag=True,
+              help="What ran: git commit and dirty tree, python, packages, GPUs, host (never variable values).")
+@click.option("--attempt", type=click.IntRange(min=1), help="With --env: this attempt (default: the newest).")
 @json_option
-def show(job: str, as_json: bool) -> None:
-    """The job's spec and its timeline of events."""
+def show(job: str, record: bool, attempt: int | None, as_json: bool) -> None:
+    """The job's spec and its timeline of events; with --env, the record of what ran."""
     from trainsup.commands import show as show_command
 
+    if record:
+        found = _guard(lambda: show_command.job_record(_state(), job, attempt))
+        _print_json(found) if as_json else show_command.render_record(found)
+        return
     timeline = _guard(lambda: show_command.job_timeline(_state(), job))
     _print_json(timeline) if as_json else show_command.render(timeline)
+
+
+@app.command()
+@click.argument("first", metavar="JOB1", shell_complete=_complete_job)
+@click.argument("second", metavar="JOB2", shell_complete=_complete_job)
+@json_option
+def diff(first: str, second: str, as_json: bool) -> None:
+    """What changed between the runs of JOB1 and JOB2 (newest attempts; JOB:N for attempt N)."""
+    from trainsup.commands import diff as diff_command
+
+    found = _guard(lambda: diff_command.job_diff(_state(), first, second))
+    _print_json(found) if as_json else diff_command.render(found)
+
+
+@app.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL, e.g. eval "$(trainsup completion bash)" in ~/.bashrc."""
+    from trainsup.commands.completion import script
+
+    click.echo(_guard(lambda: script(app, shell)))
 
 
 @app.group()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
+from trainsup.errors import TrainsupError
 from trainsup.paths import StateDir
 
 
@@ -52,3 +54,51 @@ def render(timeline: dict[str, Any]) -> None:
     for event in timeline["events"]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
         print(f"  {stamp}  {event['kind']:<18} {event['message']}")
+
+
+def job_record(state: StateDir, key: str, attempt: int | None = None) -> dict[str, Any]:
+    """What ran: the record of attempt `attempt` (default: the newest that has one).
+
+    Raises:
+        TrainsupError: the job has not run yet, or no attempt has a record yet.
+    """
+    from trainsup import record
+
+    store = open_store(state)
+    ref = resolve_job(state, store, key)
+    attempts = store.attempts(ref.id) if store is not None and not ref.pending else []
+    if store is not None:
+        store.close()
+    chosen = [a for a in attempts if attempt is None or a.number == attempt]
+    for a in reversed(chosen):
+        if (found := record.load(Path(a.run_dir))) is not None:
+            return {"id": ref.id, "name": ref.name, "attempt": a.number, "record": found}
+    which = f"attempt {attempt}" if attempt else "any attempt"
+    raise TrainsupError(f"no run record for {which} of {ref.name} ({ref.id}) yet: it is written once an attempt runs.")
+
+
+def render_record(found: dict[str, Any]) -> None:
+    """Print a record; never the environment (the record holds no variable values)."""
+    rec = found["record"]
+    print(f"{found['name']} ({found['id']}) attempt {found['attempt']}")
+    print(f"  host: {rec.get('host')}  boot id: {rec.get('boot_id')}")
+    print(f"  workdir: {rec.get('workdir')}")
+    git = rec.get("git")
+    if git:
+        print(f"  git: {git.get('commit') or 'no commit'} on {git.get('branch') or 'detached HEAD'} ({git.get('root')})")
+        dirty = git.get("dirty")
+        print("  tree: clean" if dirty == "clean" else f"  tree: dirty ({git.get('changed_files')} changed; {dirty})")
+    else:
+        print("  git: not a git work tree")
+    python = rec.get("python") or {}
+    print(f"  python: {python.get('executable')} {python.get('version') or ''} (found by {python.get('found_by')})")
+    if python.get("error"):
+        print(f"  python error: {python['error']}")
+    runtime = rec.get("runtime") or {}
+    if runtime:
+        print("  runtime: " + ", ".join(f"{k} {v}" for k, v in sorted(runtime.items()) if v is not None))
+    print(f"  gpus: {', '.join(rec.get('gpus') or []) or 'none'}")
+    packages = python.get("packages") or {}
+    print(f"  packages ({len(packages)}):")
+    for name, version in packages.items():
+        print(f"    {name}=={version}")

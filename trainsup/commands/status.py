@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from trainsup.commands.common import daemon_running, open_store, pending_submissions, resolve_job, waiting_reason
-from trainsup.commands.table import format_table
+from trainsup.commands.table import format_table, state_colour
 from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, parse_step_dir, read_heartbeats
 from trainsup.layouts import newest_checkpoint
 from trainsup.jobs.states import JobState
@@ -120,11 +123,12 @@ def job_detail(state: StateDir, key: str) -> dict[str, Any]:
     return {**summary, "attempts": attempts}
 
 
-def render_table(rows: list[dict[str, Any]]) -> None:
+def render_table(rows: list[dict[str, Any]], colour: bool = False) -> None:
     if not rows:
         print("no jobs yet: trainsup submit job.yaml")
         return
     header = ("ID", "NAME", "STATE", "ATTEMPT", "RUNTIME", "LAST END", "PID", "CHECKPOINT", "PROGRESS")
+    paint = (lambda column, cell: state_colour(cell) if column == 2 else None) if colour else None
     print(format_table(header, [
         (
             row["id"], row["name"], _state_text(row), str(row["attempts"] or "-"),
@@ -133,7 +137,30 @@ def render_table(rows: list[dict[str, Any]]) -> None:
             _progress_text(row["progress"], row["peak_gpu_memory"] if row["pid"] else None),
         )
         for row in rows
-    ]))
+    ], paint))
+
+
+def watch(state: StateDir, job: str | None, interval: float, colour: bool) -> None:
+    """`status -w`: redraw every `interval` seconds, in place on a terminal, until Ctrl+C (exit 0)."""
+    terminal = sys.stdout.isatty()
+    try:
+        while True:
+            screen = io.StringIO()
+            with contextlib.redirect_stdout(screen):
+                if job is None:
+                    render_table(job_rows(state), colour)
+                else:
+                    render_detail(job_detail(state, job))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            top = "\x1b[H\x1b[2J" if terminal else ""
+            sys.stdout.write(f"{top}Every {interval:g}s: trainsup status {job or ''}  {stamp}\n\n{screen.getvalue()}")
+            if not terminal:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if terminal:
+            sys.stdout.write("\n")
 
 
 def render_detail(detail: dict[str, Any]) -> None:

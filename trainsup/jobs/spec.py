@@ -219,6 +219,27 @@ class ResumeArgs(_Strict):
         return pattern
 
 
+class NotifySpec(_Strict):
+    """Who is told when the job ends or restarts (docs/job-spec.md#notify). Never fatal."""
+
+    command: list[Text] | None = Field(default=None, max_length=256)  # a string runs under /bin/sh -c
+    desktop: bool = False  # notify-send, where present
+    on: list[Literal["succeeded", "failed", "restart", "cancelled"]] = Field(
+        default_factory=lambda: ["succeeded", "failed"], max_length=4)
+    timeout: Duration = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_is_a_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and True in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        if isinstance(data, dict) and isinstance(data.get("command"), str):
+            if not data["command"].strip():
+                raise ValueError("notify.command must not be empty")
+            data = {**data, "command": ["/bin/sh", "-c", data["command"]]}
+        return data
+
+
 class JobSpec(_Strict):
     """The blueprint of a job. Paths are resolved when the job is submitted."""
 
@@ -238,6 +259,7 @@ class JobSpec(_Strict):
     heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
     on_boot: Literal["resume", "hold"] = "resume"
     resume: ResumeArgs | None = None
+    notify: NotifySpec | None = None  # None: the user's default (notifier.user_default)
 
     @model_validator(mode="after")
     def _resume_needs_the_checkpoint_dir(self) -> "JobSpec":

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from trainsup.batch import Batch
+from trainsup.cleanup import keep_attempts, prune_attempts
 from trainsup.contracts import RESUME_FILE, STARTED_FILE, EndedRecord, read_ended, read_json
 from trainsup.diskspace import is_disk_full
 from trainsup.layouts import FoundCheckpoint, newest_checkpoint, newest_write, quarantine
@@ -28,8 +29,9 @@ from trainsup.supervisor.classify import classify
 from trainsup.supervisor.clock import Clock, SystemClock
 from trainsup.supervisor.gpus import GpuBook, process_tree
 from trainsup.supervisor.hang_policy import HangTracker, new_attempt
-from trainsup.supervisor.launcher import Launcher, LaunchPlan, MonitorHandle
+from trainsup.supervisor.launcher import Launcher, LaunchPlan, MonitorHandle, start_recorder
 from trainsup.supervisor.live import LiveAttempt
+from trainsup.supervisor.notifier import Notifier
 from trainsup.supervisor.observation import Observation, observe, spawn_failure
 from trainsup.supervisor.placement import gpu_env
 from trainsup.supervisor.policy import Action, Decision, decide, records_of
@@ -50,7 +52,7 @@ class Attempts:
 
     def __init__(
         self, store: Store, state: StateDir, boot_id: str, gpus: GpuBook, launcher: Launcher,
-        clock: Clock | None = None, rng: random.Random | None = None,
+        clock: Clock | None = None, rng: random.Random | None = None, notifier: Notifier | None = None,
     ):
         self.store = store
         self.state = state
@@ -59,8 +61,10 @@ class Attempts:
         self.launcher = launcher
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
+        self.notifier = notifier or Notifier()
         self.live: dict[str, LiveAttempt] = {}
         self.cgroups_to_remove: list[Path] = []
+        self.records_due: list[Path] = []  # run dirs whose record.json is gathered at the next poll
 
     # --- start -------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Attempts:
         with self.store.transaction():
             self.store.insert_attempt(attempt)
             self.store.set_state(job.id, JobState.QUEUED, JobState.STARTING, now, "attempt_started", message)
+        prune_attempts(self.state.job_dir(job.id), number, keep_attempts())
         return attempt, plan
 
     def watch_attempt(self, attempt: Attempt, monitor: MonitorHandle) -> LiveAttempt:
@@ -153,6 +158,9 @@ class Attempts:
 
     def poll(self, now: float) -> None:
         """Record every attempt that has started or ended since the last poll."""
+        for run_dir in self.records_due:  # queued by the last poll: never before a restart it decided
+            start_recorder(run_dir, self.state.root)
+        self.records_due = []
         for live in list(self.live.values()):
             self._poll_one(live, now)
         self._remove_empty_cgroups()
@@ -188,6 +196,7 @@ class Attempts:
                 self.store.add_event(job.id, "attempt_running", message, now)
         live.started_seen = True
         live.job_pid = job_pid
+        self.records_due.append(live.run_dir)
 
     def _note_resumed(self, live: LiveAttempt, now: float) -> None:
         """What the trainer library really started from, and what it passed over (resume.json)."""
@@ -245,6 +254,8 @@ class Attempts:
         if live is not None:
             del self.live[job_id]
             live.monitor.close()
+            if not live.started_seen:  # it ended before a poll saw it run: still record what ran
+                self.records_due.append(live.run_dir)
         pids = (live.seen_pids | {live.job_pid}) if live and live.job_pid else set()
         self.gpus.release_after(job_id, pids, self.clock.monotonic())
         return decision
@@ -266,6 +277,8 @@ class Attempts:
             self._apply(job, decision, now)
         if seen.cgroup is not None:
             self.cgroups_to_remove.append(seen.cgroup)
+        self.notifier.decided(job, attempt, str(decision.action), str(self.store.job(job.id).state), str(reason),
+                              decision.message)
         log.info("attempt ended", job=job.id, attempt=attempt.number, reason=str(reason), detail=seen.describe(),
                  decision=str(decision.action), message=decision.message)
         return decision

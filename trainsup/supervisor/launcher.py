@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ log = structlog.get_logger("trainsup.launcher")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ORPHAN_KILL_WAIT_S = 5.0
+RECORD_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,31 @@ class ProcessLauncher:
         deadline = time.monotonic() + ORPHAN_KILL_WAIT_S
         while host.create_time(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def start_recorder(run_dir: Path, state_root: Path) -> None:
+    """Write the attempt's `record.json` (`trainsup.record`) from a child process a thread waits for.
+
+    Called once the job runs, so it never delays a start; it never blocks the daemon's loop.
+    Nothing to record without a launch file (a launch that never happened, or a fake launcher).
+    """
+    if not (run_dir / LAUNCH_FILE).exists():
+        return
+
+    def run() -> None:
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "trainsup.record", str(run_dir), str(state_root / "cache")],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=RECORD_TIMEOUT_S,
+                env=clean_child_env(os.environ), start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("no run record", run_dir=str(run_dir), error=str(exc))
+            return
+        if result.returncode != 0:
+            log.warning("no run record", run_dir=str(run_dir), exit_code=result.returncode,
+                        output=result.stderr.decode(errors="replace")[-500:])
+
+    threading.Thread(target=run, name="record", daemon=True).start()
 
 
 def _make_cgroup(plan: LaunchPlan) -> Path | None:

@@ -16,6 +16,7 @@ import torch
 
 from trainsup.batch import Batch
 from trainsup.contracts import RESUME_FILE, parse_step_dir
+from trainsup.record import RUNTIME_FILE
 from trainsup.durable import write_json_atomic
 from trainsup.manifest import InvalidCheckpointError, verify
 from trainsup.trainer import rng, statefile
@@ -137,6 +138,12 @@ def record(run_dir: Path | None, started_from: dict[str, Any], skipped: list[Ski
         write_json_atomic(run_dir / RESUME_FILE, payload)
     except OSError as exc:
         log.warning("cannot write %s/%s: %s", run_dir, RESUME_FILE, exc.strerror)
+    try:  # for the run record (trainsup.record): the versions torch itself reports
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        write_json_atomic(run_dir / RUNTIME_FILE, {"torch": torch.__version__, "cuda": torch.version.cuda,
+                                                   "cudnn": cudnn})
+    except OSError as exc:
+        log.warning("cannot write %s/%s: %s", run_dir, RUNTIME_FILE, exc.strerror)
 
 
 def restore_rng(pending: dict[str, Any] | None, point: str) -> dict[str, Any] | None:
