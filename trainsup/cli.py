@@ -93,8 +93,10 @@ def daemon() -> None:
 @click.option("--follow", "-f", is_flag=True, help="Stream the log until the job ends; exit with its outcome.")
 @click.option("--fresh", is_flag=True, help="Start over: set existing checkpoints aside instead of resuming.")
 @click.option("--again", is_flag=True, help="Queue it even if the same job already succeeded or is queued.")
+@click.option("--delay", metavar="DURATION", help="Start no sooner than this from now (30s, 5m, 2h).")
 @json_option
-def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool, as_json: bool) -> None:
+def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool, delay: str | None,
+           as_json: bool) -> None:
     """Queue the job in SPEC durably; it runs when the daemon is up.
 
     The same job file submitted again while its job is queued, running or succeeded
@@ -102,8 +104,13 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
     --again or --fresh.
     """
     from trainsup.commands import common, logs, submit as submit_command
+    from trainsup.units import parse_duration
 
     state = _state()
+    try:
+        delay_s = parse_duration(delay) if delay is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--delay'") from None
     if not (again or fresh):
         existing = _guard(lambda: submit_command.existing_run(state, spec, name))
         if existing is not None:
@@ -113,7 +120,7 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
             else:
                 click.echo(f"skipped: this job is already {job_state} as {job_id} (--again runs it once more)")
             return
-    submission = _guard(lambda: submit_command.submit(spec, name, fresh, state))
+    submission = _guard(lambda: submit_command.submit(spec, name, fresh, state, delay_s))
     running = common.daemon_running(state)
     if as_json:
         _print_json({"id": submission.job_id, "name": submission.spec.name, "daemon_running": running})
@@ -252,6 +259,34 @@ def show(job: str, record: bool, attempt: int | None, as_json: bool) -> None:
         return
     timeline = _guard(lambda: show_command.job_timeline(_state(), job))
     _print_json(timeline) if as_json else show_command.render(timeline)
+
+
+@app.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def group(ctx: click.Context, as_json: bool) -> None:
+    """Groups of jobs: how many of each may run at once, how many run and wait (docs/queue.md)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from trainsup.commands import group as group_command
+
+    rows = _guard(lambda: group_command.group_rows(_state()))
+    _print_json(rows) if as_json else group_command.render(rows)
+
+
+@group.command("set")
+@click.argument("name")
+@click.argument("limit", type=click.IntRange(min=1, max=2**31 - 1))
+@json_option
+def group_set(name: str, limit: int, as_json: bool) -> None:
+    """Let LIMIT jobs of group NAME run at once; the daemon applies it within a second."""
+    from trainsup.commands import group as group_command
+
+    _guard(lambda: group_command.set_limit(_state(), name, limit))
+    if as_json:
+        _print_json({"group": name, "limit": limit})
+    else:
+        click.echo(f"group {name}: up to {limit} at once")
 
 
 @app.command()

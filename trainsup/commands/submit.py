@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from trainsup.contracts import clean_child_env
-from trainsup.errors import SpecError
+from trainsup.errors import AmbiguousJobError, JobNotFoundError, SpecError
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import Submission, environment_problem
 from trainsup.jobs.spec import JobSpec, describe_validation_error, drop_excluded, load_spec, text_problem
@@ -160,8 +160,26 @@ def existing_run(state: StateDir, spec_path: Path, name: str | None) -> tuple[st
     return already_done(state, spec, text, spec_path)
 
 
-def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir) -> Submission:
+def scheduled(spec: JobSpec, spec_path: Path, state: StateDir, delay: float | None, now: float) -> JobSpec:
+    """`--delay` as `not_before`, and each job in `after` as its id, found now (newest of a name)."""
+    update: dict[str, object] = {} if delay is None else {"not_before": now + delay}
+    if spec.after:
+        from trainsup.commands.common import open_store, resolve_job
+
+        store = open_store(state)
+        try:
+            update["after"] = [resolve_job(state, store, key).id for key in spec.after]
+        except (JobNotFoundError, AmbiguousJobError) as exc:
+            raise SpecError(f"{spec_path}: field 'after': {str(exc)[0].lower()}{str(exc)[1:]}") from None
+        finally:
+            if store is not None:
+                store.close()
+    return spec.model_copy(update=update) if update else spec
+
+
+def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir, delay: float | None = None) -> Submission:
     spec, text = load_spec(spec_path, name)
+    spec = scheduled(spec, spec_path, state, delay, time.time())
     job_id = new_job_id()
     absolute_path = str(spec_path.resolve())
     if text_problem(absolute_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,6 +117,20 @@ def _signal_name(value: Any) -> Any:
 
 
 StopSignal = Annotated[Literal[STOP_SIGNALS], BeforeValidator(_signal_name)]
+
+def _epoch_seconds(value: Any) -> Any:
+    """`not_before`: a date and time (local unless it says otherwise) or seconds since the epoch."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError("must be a date and time such as 2026-12-01 02:00") from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return _refuse_bool(value)
+
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
@@ -255,6 +269,13 @@ class JobSpec(_Strict):
     gpus: Count = 0
     min_free_memory: Size | None = None
     memory_limit: Size | None = None  # host memory; enforced by a cgroup where we can make one
+    # The queue (docs/queue.md): where the job waits, what it reserves, what goes first.
+    group: Annotated[str, Field(pattern=f"^{NAME_PATTERN.pattern}$")] | None = None  # None: "default" for CPU jobs
+    cpus: Number = Field(default=0.0, ge=0.0, allow_inf_nan=False)  # reserved, not enforced
+    memory: Size | None = None  # host memory reserved, not enforced (memory_limit enforces)
+    priority: Annotated[int, BeforeValidator(_refuse_bool), Field(ge=-MAX_COUNT, le=MAX_COUNT)] = 0
+    after: list[Annotated[str, Field(pattern=f"^{NAME_PATTERN.pattern}$")]] = Field(default_factory=list, max_length=256)
+    not_before: Annotated[float, BeforeValidator(_epoch_seconds), Field(allow_inf_nan=False)] | None = None
     batch_size: BatchSize | None = None
     heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
     on_boot: Literal["resume", "hold"] = "resume"

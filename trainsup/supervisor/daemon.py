@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import psutil
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -31,6 +32,7 @@ from trainsup.contracts import open_lock_file, try_lock, write_owner
 from trainsup.errors import DaemonAlreadyRunningError
 from trainsup.gpu.probe import GpuProbe, probe_from_env
 from trainsup.jobs import inbox
+from trainsup.jobs.groups import group_of, limits_path, read_limits
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Job, Store
 from trainsup.paths import StateDir
@@ -41,6 +43,7 @@ from trainsup.supervisor.gpus import GpuBook
 from trainsup.supervisor.intake import Intake
 from trainsup.supervisor.launcher import Launcher, ProcessLauncher
 from trainsup.supervisor.notify import SystemdNotifier
+from trainsup.supervisor.queue import Ask, Dependency, Holding, Machine, Queue, Verdict
 from trainsup.supervisor.recovery import recover
 
 log = structlog.get_logger("trainsup.daemon")
@@ -97,7 +100,8 @@ class Daemon:
         self.probe = probe
         self.boot_id = boot_id
         self.shutdown_requested = False
-        self.waiting: set[str] = set()
+        self.waiting: dict[str, str] = {}  # queued job id → the reason last recorded in its `waiting` event
+        self.machine = Machine(os.cpu_count() or 1, psutil.virtual_memory().total)
         self.last_status = ""
         self.recovered = False
         self.disk_full_since: float | None = None  # wall clock; None while every write succeeds
@@ -201,24 +205,48 @@ class Daemon:
                                          "backoff over: queued to start", next_start_at=None)
 
     def _start_queued(self, now: float) -> None:
-        for job in self.store.jobs({JobState.QUEUED}):
-            gpus, min_free = job.spec.gpus, job.spec.min_free_memory
-            if gpus and (impossible := self.gpus.impossible(gpus, min_free)):
+        """Start what fits, highest priority first (supervisor/queue.py decides); say why the rest waits."""
+        queued = {job.id: job for job in self.store.jobs({JobState.QUEUED})}
+        self.waiting = {job_id: reason for job_id, reason in self.waiting.items() if job_id in queued}
+        if not queued:
+            return
+        live = self.store.jobs({JobState.STARTING, JobState.RUNNING, JobState.STOPPING})
+        queue = Queue([Holding(group_of(j.spec.group, j.spec.gpus), j.spec.cpus, j.spec.memory or 0) for j in live],
+                      read_limits(limits_path(self.state.root)), self.machine)
+        for ask in queue.order(Ask.of(job.id, job.submitted_at, job.spec) for job in queued.values()):
+            job = queued[ask.id]
+            min_free = job.spec.min_free_memory
+            if ask.gpus and (impossible := self.gpus.impossible(ask.gpus, min_free)):
+                verdict = Verdict("fail", impossible, "unplaceable")
+            else:
+                verdict = queue.verdict(ask, self._dependencies(ask.after), now)
+            if verdict.action == "fail":
                 with self.store.transaction():
-                    self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, "unplaceable", impossible,
-                                         result=impossible)
+                    self.store.set_state(job.id, JobState.QUEUED, JobState.FAILED, now, verdict.kind,
+                                         verdict.message, result=verdict.message)
                 continue
-            granted = self.gpus.grant(job.id, gpus, min_free)
+            if verdict.action == "wait":
+                self._note_waiting(job.id, verdict.message, now)
+                continue
+            granted = self.gpus.grant(job.id, ask.gpus, min_free)
             if granted is None:
-                self._note_waiting(job.id, f"waiting for {gpus} free GPU(s)", now)
+                self._note_waiting(job.id, f"waiting for {ask.gpus} free GPU(s)", now)
                 continue
-            self.waiting.discard(job.id)
+            self.waiting.pop(job.id, None)
+            queue.take(ask)
             self.attempts.start(job, granted, now)
 
+    def _dependencies(self, keys: tuple[str, ...]) -> dict[str, Dependency]:
+        found = {}
+        for key in keys:
+            job = self.store.job(key)
+            found[key] = Dependency(key, job.name if job else None, str(job.state) if job else None)
+        return found
+
     def _note_waiting(self, job_id: str, message: str, now: float) -> None:
-        if job_id not in self.waiting:
+        if self.waiting.get(job_id) != message:
             self.store.add_event(job_id, "waiting", message, now)
-            self.waiting.add(job_id)
+            self.waiting[job_id] = message
 
     def _next_timeout(self) -> float:
         if self.disk_full_since is not None:
