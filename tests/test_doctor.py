@@ -285,6 +285,7 @@ def test_run_checks_names_and_one_disk_check_per_path(tmp_path: Path) -> None:
         "service",
         "linger",
         "disk_full",
+        "state_size",
         f"disk:{state.root}",
         f"disk:{ckpt}",
     ]

@@ -111,6 +111,11 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
         delay_s = parse_duration(delay) if delay is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--delay'") from None
+    if (sweep := _guard(lambda: submit_command.sweep_of(spec, name))) is not None:
+        if follow:
+            raise click.UsageError("--follow takes one job; a sweep queues one job per combination")
+        _submit_sweep(state, spec, sweep, fresh, again, delay_s, as_json)
+        return
     if not (again or fresh):
         existing = _guard(lambda: submit_command.existing_run(state, spec, name))
         if existing is not None:
@@ -134,19 +139,47 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
         sys.exit(logs.exit_code_for(final))
 
 
+def _submit_sweep(state: StateDir, spec: Path, sweep: tuple, fresh: bool, again: bool, delay: float | None,
+                  as_json: bool) -> None:
+    """Queue a sweep's combinations that have not succeeded and are not queued or running."""
+    from trainsup.commands import common, submit as submit_command
+
+    specs, text = sweep
+    jobs = _guard(lambda: submit_command.submit_sweep(spec, specs, text, fresh, again, state, delay))
+    if as_json:
+        _print_json([job.to_json() for job in jobs])
+        return
+    for job in jobs:
+        click.echo(f"queued {job.name} as job {job.id}" if job.queued
+                   else f"skipped {job.name}: already {job.state} as {job.id}")
+    queued = sum(job.queued for job in jobs)
+    sweep_name = specs[0].sweep.name
+    click.echo(f"sweep {sweep_name}: {queued} queued, {len(jobs) - queued} skipped"
+               f" (`trainsup status --sweep {sweep_name}`{'' if queued == len(jobs) else '; --again queues all'})")
+    if queued and not common.daemon_running(state):
+        click.echo("the daemon is not running: the jobs start when it comes up (`trainsup daemon`).", err=True)
+
+
 @app.command()
 @click.argument("job", required=False, metavar="[JOB]", shell_complete=_complete_job)
 @click.option("--watch", "-w", is_flag=True, help="Refresh in place like watch(1) until Ctrl+C.")
 @click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
+@click.option("--sweep", metavar="NAME", help="One line per combination of the sweep NAME, and totals.")
 @json_option
-def status(job: str | None, watch: bool, interval: float, as_json: bool) -> None:
+def status(job: str | None, watch: bool, interval: float, sweep: str | None, as_json: bool) -> None:
     """State, attempt, runtime, last exit reason, pid and progress of every job, or of JOB."""
     from trainsup import diskspace
     from trainsup.commands import status as status_command
     from trainsup.commands.table import use_colour
 
     state = _state()
+    if sweep is not None:
+        if job is not None or watch:
+            raise click.UsageError("--sweep takes no JOB and no --watch")
+        summary = _guard(lambda: status_command.sweep_summary(state, sweep))
+        _print_json(summary) if as_json else status_command.render_sweep(summary)
+        return
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together")
@@ -243,6 +276,77 @@ def release(job: str, as_json: bool) -> None:
     _control(job, "release", as_json)
 
 
+def _removed(outcome: Any, as_json: bool) -> None:
+    """Print what `clean`/`remove` removed or would remove, and the bytes."""
+    import time
+
+    from trainsup.cleanup import format_bytes
+    from trainsup.commands.table import format_table
+
+    if as_json:
+        _print_json(outcome.to_json())
+        return
+    if outcome.removals:
+        click.echo(format_table(("ID", "NAME", "STATE", "FINISHED", "SIZE"), [
+            (r.id, r.name, r.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished_at)),
+             format_bytes(r.bytes)) for r in outcome.removals]))
+    for removal in outcome.removals:
+        if removal.kept:
+            click.echo(f"{removal.id}: {removal.kept}")
+    size = f"{format_bytes(outcome.bytes)} ({outcome.bytes} bytes)"
+    count = f"{len(outcome.removals)} finished job{'s' * (len(outcome.removals) != 1)}"
+    if outcome.dry_run or not outcome.removals:
+        click.echo(f"would remove {count}, freeing {size}" if outcome.removals else "no finished job to remove")
+    elif not outcome.daemon_running:
+        click.echo(f"asked the daemon to remove {count} ({size}); the daemon is not running: "
+                   "it removes them when it comes up.")
+    else:
+        done = len(outcome.removals) - len(outcome.not_removed)
+        click.echo(f"removed {done} of {count}, freed {format_bytes(outcome.freed)} ({outcome.freed} bytes)")
+        if outcome.not_removed:
+            click.echo(f"trainsup: not removed: {', '.join(outcome.not_removed)} (restarted meanwhile, or "
+                       "the daemon has not got to them yet; see `trainsup show`).", err=True)
+            sys.exit(1)
+
+
+@app.command()
+@click.option("--older-than", "older_than", metavar="DURATION", help="Finished more than this long ago (7d, 12h).")
+@click.option("--all", "everything", is_flag=True, help="Every finished job.")
+@click.option("--checkpoints", is_flag=True, help="Also delete the checkpoint dirs the job files named.")
+@click.option("--dry-run", is_flag=True, help="List what would go and how many bytes; change nothing.")
+@json_option
+def clean(older_than: str | None, everything: bool, checkpoints: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove finished jobs: their rows, logs, run dirs and default checkpoint dirs.
+
+    A checkpoint dir the job file named stays unless --checkpoints. The daemon does the
+    removing; without a running daemon it happens when it comes up.
+    """
+    import time
+
+    from trainsup.commands import clean as clean_command
+    from trainsup.units import parse_duration
+
+    if everything == (older_than is not None):
+        raise click.UsageError("give --older-than DURATION or --all")
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--older-than'") from None
+    _removed(_guard(lambda: clean_command.clean(_state(), age, checkpoints, dry_run, time.time())), as_json)
+
+
+@app.command()
+@job_argument
+@click.option("--checkpoints", is_flag=True, help="Also delete the checkpoint dir the job file named.")
+@click.option("--dry-run", is_flag=True, help="Show what would go and how many bytes; change nothing.")
+@json_option
+def remove(job: str, checkpoints: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove a finished job with its logs, run dirs and default checkpoint dir (exit 1 if it is not finished)."""
+    from trainsup.commands import clean as clean_command
+
+    _removed(_guard(lambda: clean_command.remove(_state(), job, checkpoints, dry_run)), as_json)
+
+
 @app.command()
 @job_argument
 @click.option("--env", "record", is_flag=True,
@@ -259,6 +363,27 @@ def show(job: str, record: bool, attempt: int | None, as_json: bool) -> None:
         return
     timeline = _guard(lambda: show_command.job_timeline(_state(), job))
     _print_json(timeline) if as_json else show_command.render(timeline)
+
+
+@app.command()
+@click.argument("first", metavar="JOB1", shell_complete=_complete_job)
+@click.argument("second", metavar="JOB2", shell_complete=_complete_job)
+@json_option
+def diff(first: str, second: str, as_json: bool) -> None:
+    """What changed between the runs of JOB1 and JOB2 (newest attempts; JOB:N for attempt N)."""
+    from trainsup.commands import diff as diff_command
+
+    found = _guard(lambda: diff_command.job_diff(_state(), first, second))
+    _print_json(found) if as_json else diff_command.render(found)
+
+
+@app.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL, e.g. eval "$(trainsup completion bash)" in ~/.bashrc."""
+    from trainsup.commands.completion import script
+
+    click.echo(_guard(lambda: script(app, shell)))
 
 
 @app.group(invoke_without_command=True)
@@ -287,27 +412,6 @@ def group_set(name: str, limit: int, as_json: bool) -> None:
         _print_json({"group": name, "limit": limit})
     else:
         click.echo(f"group {name}: up to {limit} at once")
-
-
-@app.command()
-@click.argument("first", metavar="JOB1", shell_complete=_complete_job)
-@click.argument("second", metavar="JOB2", shell_complete=_complete_job)
-@json_option
-def diff(first: str, second: str, as_json: bool) -> None:
-    """What changed between the runs of JOB1 and JOB2 (newest attempts; JOB:N for attempt N)."""
-    from trainsup.commands import diff as diff_command
-
-    found = _guard(lambda: diff_command.job_diff(_state(), first, second))
-    _print_json(found) if as_json else diff_command.render(found)
-
-
-@app.command()
-@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
-def completion(shell: str) -> None:
-    """Print the completion script for SHELL, e.g. eval "$(trainsup completion bash)" in ~/.bashrc."""
-    from trainsup.commands.completion import script
-
-    click.echo(_guard(lambda: script(app, shell)))
 
 
 @app.group()

@@ -60,6 +60,7 @@ def run_checks(
         check_service(user, user_units or user_unit_dir(), system_units),
         check_linger(user, linger_dir, system_unit_enabled=_system_unit_enabled(user, system_units)),
         check_disk_full(state_dir),
+        check_state_size(state_dir),
     ]
     seen: set[Path] = set()
     for path in (state_dir.root, *checkpoint_dirs):
@@ -86,6 +87,17 @@ def check_state_dir(root: Path) -> Check:
         fix = f"chmod 700 {shlex.quote(str(root))}"
         return Check(name, False, f"{root} has mode {mode:04o}, not 0700; run `{fix}`.")
     return Check(name, True, f"{root} exists, is yours and has mode 0700.")
+
+
+def check_state_size(state_dir: StateDir) -> Check:
+    """How much the state dir holds, and how much of it the jobs' dirs (`trainsup clean` frees those)."""
+    from trainsup.cleanup import disk_usage, format_bytes
+
+    if not state_dir.root.is_dir():
+        return Check("state_size", None, f"{state_dir.root} does not exist yet.")
+    total, jobs = disk_usage([state_dir.root]), disk_usage([state_dir.root / "jobs"])
+    return Check("state_size", True, f"{format_bytes(total)} in {state_dir.root} ({format_bytes(jobs)} in job dirs: "
+                 "logs, run dirs, default checkpoints; `trainsup clean --all --dry-run` shows what could go).")
 
 
 def check_daemon(lock_path: Path) -> Check:

@@ -233,3 +233,59 @@ def _progress_text(beat: dict | None, gpu_peak: int | None = None) -> str:
     if gpu:
         parts.append(gpu)
     return ", ".join(parts)
+
+
+def sweep_summary(state: StateDir, sweep: str) -> dict[str, Any]:
+    """`status --sweep NAME`: the newest job of each combination of the sweep, and totals by state.
+
+    Raises:
+        JobNotFoundError: no job belongs to a sweep of that name.
+    """
+    pending = pending_submissions(state)  # before the store: see commands.common._all_refs
+    store = open_store(state)
+    members, names = [], []
+    if store is not None:
+        try:
+            for row in store.sweep_members(sweep):
+                members.append({"id": row["id"], "name": row["name"], "state": row["state"],
+                                "values": json.loads(row["sweep_values"] or "{}"), "attempts": row["attempts"],
+                                "last_reason": row["last_reason"], "result": row["result"]})
+            names = store.sweep_names()
+        finally:
+            store.close()
+    known = {member["id"] for member in members}
+    for sub in pending:
+        point = sub["spec"].get("sweep")
+        if isinstance(point, dict) and point.get("name") == sweep and sub["job_id"] not in known:
+            members.append({"id": sub["job_id"], "name": sub["spec"]["name"], "state": "queued",
+                            "values": point.get("values") or {}, "attempts": 0, "last_reason": None, "result": None})
+    if not members:
+        from trainsup.errors import JobNotFoundError
+
+        known_sweeps = f" (sweeps: {', '.join(names[:10])})" if names else ""
+        raise JobNotFoundError(f"no sweep is named '{sweep}'{known_sweeps}; a sweep's name is its job file's "
+                               "name without the placeholders.")
+    newest: dict[str, dict[str, Any]] = {}
+    for member in members:  # oldest first: the newest job of a combination wins
+        runs = newest[member["name"]]["runs"] + 1 if member["name"] in newest else 1
+        newest[member["name"]] = {**member, "runs": runs}
+    combinations = list(newest.values())
+    totals: dict[str, int] = {}
+    for combination in combinations:
+        totals[combination["state"]] = totals.get(combination["state"], 0) + 1
+    return {"sweep": sweep, "combinations": combinations, "totals": totals}
+
+
+def render_sweep(summary: dict[str, Any]) -> None:
+    header = ("COMBINATION", "JOB", "NAME", "STATE", "ATTEMPTS", "RUNS", "LAST END")
+    print(format_table(header, [
+        (" ".join(f"{key}={_value_text(value)}" for key, value in c["values"].items()), c["id"], c["name"],
+         c["state"], str(c["attempts"] or "-"), str(c["runs"]), c["last_reason"] or "-")
+        for c in summary["combinations"]
+    ]))
+    totals = ", ".join(f"{count} {state}" for state, count in sorted(summary["totals"].items()))
+    print(f"sweep {summary['sweep']}: {len(summary['combinations'])} combinations: {totals}")
+
+
+def _value_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -7,6 +7,7 @@ import re
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from trainsup.contracts import clean_child_env
 from trainsup.errors import AmbiguousJobError, JobNotFoundError, SpecError
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import Submission, environment_problem
-from trainsup.jobs.spec import JobSpec, describe_validation_error, drop_excluded, load_spec, text_problem
+from trainsup.jobs.spec import JobSpec, describe_validation_error, drop_excluded, load_spec, load_specs, text_problem
 from trainsup.paths import StateDir
 
 # Folders that hold no files a job could write: refused as checkpoint_dir.
@@ -179,6 +180,15 @@ def scheduled(spec: JobSpec, spec_path: Path, state: StateDir, delay: float | No
 
 def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir, delay: float | None = None) -> Submission:
     spec, text = load_spec(spec_path, name)
+    submission = prepare(spec, text, spec_path, fresh, state, delay)
+    state.ensure()
+    inbox.drop(state.inbox, submission.model_dump(mode="json", by_alias=True))
+    return submission
+
+
+def prepare(spec: JobSpec, text: str, spec_path: Path, fresh: bool, state: StateDir,
+            delay: float | None = None) -> Submission:
+    """The submission of one job, checked as the daemon will check it; nothing written yet."""
     spec = scheduled(spec, spec_path, state, delay, time.time())
     job_id = new_job_id()
     absolute_path = str(spec_path.resolve())
@@ -196,6 +206,75 @@ def submit(spec_path: Path, name: str | None, fresh: bool, state: StateDir, dela
         )
     except ValidationError as exc:  # what the daemon would refuse is refused here first
         raise SpecError(f"{spec_path}: {describe_validation_error(exc)}") from None
-    state.ensure()
-    inbox.drop(state.inbox, submission.model_dump(mode="json", by_alias=True))
     return submission
+
+
+def sweep_of(spec_path: Path, name: str | None) -> tuple[list[JobSpec], str] | None:
+    """The jobs of a job file that declares a `sweep:`, one per combination; None for a plain job file."""
+    specs, text = load_specs(spec_path, name)
+    return (specs, text) if specs[0].sweep is not None else None
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One combination of a submitted sweep: queued now, or skipped (`state` says why)."""
+
+    id: str
+    name: str
+    values: dict
+    queued: bool
+    state: str
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "values": self.values, "queued": self.queued,
+                "skipped": not self.queued, "state": self.state}
+
+
+def submit_sweep(spec_path: Path, specs: list[JobSpec], text: str, fresh: bool, again: bool, state: StateDir,
+                 delay: float | None = None) -> list[SweepJob]:
+    """Queue each combination that has not succeeded and is not queued or running (all with `again`/`fresh`).
+
+    A combination is known by its job name and the job file's path, so editing the file
+    (a smaller batch after a failure) reruns only what did not succeed. Every combination
+    is checked before the first is queued: a file with one mistake queues nothing.
+    """
+    done = {} if (again or fresh) else _sweep_jobs_done(state, [spec.name for spec in specs], spec_path)
+    results: list[SweepJob | Submission] = []
+    for spec in specs:
+        if spec.name in done:
+            job_id, job_state = done[spec.name]
+            results.append(SweepJob(job_id, spec.name, spec.sweep.values, False, job_state))
+        else:
+            results.append(prepare(spec, text, spec_path, fresh, state, delay))
+    state.ensure()
+    jobs = []
+    for result in results:
+        if isinstance(result, Submission):
+            inbox.drop(state.inbox, result.model_dump(mode="json", by_alias=True))
+            result = SweepJob(result.job_id, result.spec.name, result.spec.sweep.values, True, "queued")
+        jobs.append(result)
+    return jobs
+
+
+def _sweep_jobs_done(state: StateDir, names: list[str], spec_path: Path) -> dict[str, tuple[str, str]]:
+    """name → (id, state) of the newest job of each name from this file that succeeded or is live."""
+    from trainsup.commands.common import open_store, pending_submissions
+
+    path = str(spec_path.resolve())
+    pending = pending_submissions(state)  # before the store: a job leaves the inbox after it is stored
+    store = open_store(state)
+    done: dict[str, tuple[str, str]] = {}
+    if store is not None:
+        try:
+            for name in names:
+                for job in reversed(store.jobs_named(name)):
+                    if job.spec_path == path and job.state not in ("failed", "cancelled"):
+                        done[name] = (job.id, str(job.state))
+                        break
+        finally:
+            store.close()
+    wanted = set(names)
+    for sub in pending:
+        if sub["spec"]["name"] in wanted and sub["spec_path"] == path:
+            done.setdefault(sub["spec"]["name"], (sub["job_id"], "queued"))
+    return done

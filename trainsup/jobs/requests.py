@@ -99,6 +99,7 @@ class Control(StrEnum):
     RESTART = "restart"
     HOLD = "hold"
     RELEASE = "release"
+    REMOVE = "remove"  # a finished job: its rows, its job dir, and with `checkpoints` its named checkpoint dir
 
 
 class ControlRequest(BaseModel):
@@ -109,6 +110,7 @@ class ControlRequest(BaseModel):
     action: Control
     requested_at: Timestamp
     force: bool = Field(default=False, strict=True)  # cancel --force: SIGKILL now, not after the grace period
+    checkpoints: bool = Field(default=False, strict=True)  # remove --checkpoints: the spec's checkpoint dir too
 
 
 Request = Annotated[Union[Submission, ControlRequest], Field(discriminator="kind")]

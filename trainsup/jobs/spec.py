@@ -118,6 +118,7 @@ def _signal_name(value: Any) -> Any:
 
 StopSignal = Annotated[Literal[STOP_SIGNALS], BeforeValidator(_signal_name)]
 
+
 def _epoch_seconds(value: Any) -> Any:
     """`not_before`: a date and time (local unless it says otherwise) or seconds since the epoch."""
     if isinstance(value, str):
@@ -130,7 +131,6 @@ def _epoch_seconds(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.timestamp()
     return _refuse_bool(value)
-
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
@@ -210,6 +210,14 @@ class HeartbeatPolicy(_Strict):
     log_silence: Duration | None = None  # opt-in hang detection for scripts without the library
 
 
+class SweepPoint(_Strict):
+    """The combination of a sweep this job runs. In a job file `sweep:` is the matrix;
+    `trainsup submit` expands it into one job per combination (`trainsup.jobs.sweep`)."""
+
+    name: Annotated[str, Field(pattern=f"^{NAME_PATTERN.pattern}$")]
+    values: dict[str, str | int | float | bool] = Field(max_length=64)
+
+
 class ResumeArgs(_Strict):
     """For scripts that take a checkpoint path (`--resume PATH`): arguments appended to
     `command` when a checkpoint exists, with `{checkpoint}` replaced by the newest file
@@ -258,6 +266,7 @@ class JobSpec(_Strict):
     """The blueprint of a job. Paths are resolved when the job is submitted."""
 
     name: str
+    sweep: SweepPoint | None = None  # set by the expansion of a `sweep:` matrix, never written by hand
     command: list[str]
     workdir: PathText | None = None
     env: dict[str, str] = Field(default_factory=dict)
@@ -388,6 +397,17 @@ def load_spec(path: Path, name_override: str | None = None) -> tuple[JobSpec, st
     Raises:
         SpecError: one sentence naming the file, the field and the problem.
     """
+    text = read_job_file(path)
+    return parse_spec(text, str(path), name_override), text
+
+
+def load_specs(path: Path, name_override: str | None = None) -> tuple[list[JobSpec], str]:
+    """Every job a job file declares (one, or one per combination of its `sweep:`) and the file's text."""
+    text = read_job_file(path)
+    return parse_specs(text, str(path), name_override), text
+
+
+def read_job_file(path: Path) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_JOB_FILE_BYTES + 1)
@@ -399,7 +419,25 @@ def load_spec(path: Path, name_override: str | None = None) -> tuple[JobSpec, st
     if len(data) > MAX_JOB_FILE_BYTES:
         limit = MAX_JOB_FILE_BYTES // 2**20
         raise SpecError(f"{path}: the job file is larger than {limit} MiB, the most trainsup reads.")
-    return parse_spec(text, str(path), name_override), text
+    return text
+
+
+def parse_specs(text: str, source: str, name_override: str | None = None) -> list[JobSpec]:
+    """The jobs of a job file's text: itself, or one per combination of its `sweep:` matrix."""
+    from trainsup.jobs.sweep import describe, expand
+
+    data = _parse_yaml(text, source)
+    if name_override is not None:
+        data["name"] = name_override
+    if "sweep" not in data:
+        return [parse_spec(text, source, name_override)]
+    specs = []
+    for values, job in expand(data, source):
+        try:
+            specs.append(JobSpec.model_validate(job))
+        except ValidationError as exc:
+            raise SpecError(f"{source} ({describe(values)}): {describe_validation_error(exc)}") from None
+    return specs
 
 
 def parse_spec(text: str, source: str, name_override: str | None = None) -> JobSpec:

@@ -255,6 +255,47 @@ class Store:
             " ORDER BY j.submitted_at, j.id"
         ).fetchall()
 
+    def sweep_members(self, sweep: str) -> list[sqlite3.Row]:
+        """Every job of the sweep named `sweep`, oldest first, with its combination (`status --sweep`)."""
+        return self._db.execute(
+            "SELECT j.id, j.name, j.state, j.state_since, j.submitted_at, j.result,"
+            " json_extract(j.spec_json, '$.sweep.values') AS sweep_values,"
+            " (SELECT COUNT(*) FROM attempts a WHERE a.job_id=j.id) AS attempts,"
+            " (SELECT a.reason FROM attempts a WHERE a.job_id=j.id ORDER BY a.number DESC LIMIT 1) AS last_reason"
+            " FROM jobs j WHERE json_extract(j.spec_json, '$.sweep.name')=? ORDER BY j.submitted_at, j.id",
+            (sweep,),
+        ).fetchall()
+
+    def sweep_names(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT DISTINCT json_extract(spec_json, '$.sweep.name') AS sweep FROM jobs WHERE sweep IS NOT NULL"
+        ).fetchall()
+        return sorted(row["sweep"] for row in rows)
+
+    def delete_job(self, job_id: str) -> bool:
+        """Delete a finished job with its attempts, events and heartbeat calibration; False if it is not finished.
+
+        The daemon calls it inside the transaction that applies a `remove` request.
+        """
+        row = self._db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None or not JobState(row["state"]).is_terminal:
+            return False
+        for table in ("events", "attempts", "heartbeat_calibrations"):
+            self._db.execute(f"DELETE FROM {table} WHERE job_id=?", (job_id,))
+        return self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount == 1
+
+    def waiting_on(self, job_id: str) -> list[str]:
+        """Unfinished jobs that list `job_id` in their `after`."""
+        rows = self._db.execute(
+            "SELECT j.id FROM jobs j WHERE j.state NOT IN ('succeeded', 'failed', 'cancelled') AND EXISTS"
+            " (SELECT 1 FROM json_each(j.spec_json, '$.after') WHERE value=?)", (job_id,)
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def jobs_using_checkpoint_dir(self, path: str) -> list[str]:
+        """Jobs whose checkpoint dir is `path`."""
+        return [row["id"] for row in self._db.execute("SELECT id FROM jobs WHERE checkpoint_dir=?", (path,))]
+
     def set_state(
         self, job_id: str, current: JobState, target: JobState, now: float, kind: str, message: str,
         **fields: Any,

@@ -7,12 +7,14 @@ applied, and nothing is written outside the state dir because of it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
 
+from trainsup import cleanup
 from trainsup.durable import fsync_dir
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import REQUEST_ADAPTER, Control, ControlRequest, Submission
@@ -121,6 +123,7 @@ class Intake:
             Control.RESTART: self._restart,
             Control.HOLD: self._hold,
             Control.RELEASE: self._release,
+            Control.REMOVE: lambda job, now: self._remove(job, request.checkpoints, now),
         }[request.action]
         stop = handler(job, now)
         if request.force and stop:
@@ -163,3 +166,38 @@ class Intake:
         if job.state is JobState.HELD:
             self.store.set_state(job.id, JobState.HELD, JobState.QUEUED, now, "released", "released on request")
         return []
+
+    def _remove(self, job: Job, checkpoints: bool, now: float) -> list[str]:
+        """Delete a finished job: files first, then its rows, in the request's transaction.
+
+        Redone in full if the daemon dies between the two (the request stays in the inbox
+        until the rows are gone), so a crash leaves no row without files that matter, nor
+        files without a row.
+        """
+        if not job.state.is_terminal:
+            self.store.add_event(job.id, "remove_ignored", f"remove ignored: the job is {job.state}", now)
+            return []
+        if waiting := self.store.waiting_on(job.id):
+            self.store.add_event(job.id, "remove_ignored", f"remove ignored: job {waiting[0]} waits for it", now)
+            return []
+        job_dir = self.state.job_dir(job.id)
+        named, kept = None, None
+        if checkpoints:
+            named, kept = cleanup.named_checkpoint_dir(job_dir, job.checkpoint_dir, _workdir(job))
+            if named is not None and (others := set(self.store.jobs_using_checkpoint_dir(str(named))) - {job.id}):
+                named, kept = None, f"kept {named}: job {sorted(others)[0]} uses it too"
+        try:
+            cleanup.delete(cleanup.removal_paths(job_dir, named, job.id))
+        except OSError as exc:  # the job stays, with what could not be deleted said in its timeline
+            self.store.add_event(job.id, "remove_failed",
+                                 f"remove failed: {exc.filename or job_dir}: {exc.strerror or exc}", now)
+            log.error("cannot remove a job's files", job=job.id, error=str(exc))
+            return []
+        self.store.delete_job(job.id)
+        log.info("job removed", job=job.id, name=job.name, checkpoint_dir=str(named) if named else None, note=kept)
+        return []
+
+
+def _workdir(job: Job) -> str | None:
+    workdir = json.loads(job.spec_json).get("workdir")
+    return workdir if isinstance(workdir, str) else None

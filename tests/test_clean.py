@@ -1,0 +1,111 @@
+"""Clean-up: `clean` and `remove` through the real CLI and daemon, pruning old attempts, doctor's size."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from support import Cli, DaemonProcess, write_spec
+from trainsup.cleanup import disk_usage, keep_attempts, named_checkpoint_dir, prune_attempts
+from trainsup.doctor import check_state_size
+from trainsup.paths import StateDir
+
+WRITE = 'head -c {size} /dev/urandom > "$TRAINSUP_CHECKPOINT_DIR/weights.bin"'
+
+
+def _finished(cli: Cli, tmp_path: Path, name: str, command: str, **fields) -> str:
+    job_id = cli.submit(write_spec(tmp_path / f"{name}.yaml", name=name, command=command,
+                                   restart={"max_restarts": 0}, **fields))
+    return job_id
+
+
+def test_clean_frees_what_the_dry_run_says_and_keeps_named_checkpoints(
+        cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    state = StateDir(tmp_path / "state")
+    named = tmp_path / "runs" / "b"
+    daemon.start()
+    a = _finished(cli, tmp_path, "a", WRITE.format(size=200_000))
+    b = _finished(cli, tmp_path, "b", WRITE.format(size=300_000) + "; exit 3", checkpoint_dir=str(named))
+    live = _finished(cli, tmp_path, "live", "exec sleep 60")
+    cli.wait_state(a, "succeeded")
+    cli.wait_state(b, "failed")
+    cli.wait_state(live, "running")
+
+    refused = cli.run("remove", live, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"trainsup: job {live} is running; only a finished job can be removed (`trainsup cancel {live}` stops it first)."]
+
+    # A finished attempt's record.json (trainsup.record) may still arrive: measure once the sizes hold still.
+    plans = [cli.json("clean", "--all", "--dry-run")]
+    while len(plans) < 2 or plans[-1]["bytes"] != plans[-2]["bytes"]:
+        time.sleep(0.5)
+        plans.append(cli.json("clean", "--all", "--dry-run"))
+    plan = plans[-1]
+    assert sorted(job["id"] for job in plan["jobs"]) == sorted([a, b]) and 200_000 <= plan["bytes"] < 500_000  # b's named dir stays
+    before = disk_usage([state.root / "jobs", named])
+    done = cli.json("clean", "--all")
+    after = disk_usage([state.root / "jobs", named])
+    assert done["not_removed"] == [] and done["freed"] == plan["bytes"] == before - after
+    assert (named / "weights.bin").stat().st_size == 300_000  # named in the spec: not asked for, kept
+    assert [job["id"] for job in cli.json("status")] == [live]
+    assert not state.job_dir(a).exists() and not state.job_dir(b).exists()
+    assert cli.run("status", a, check=False).returncode == 3
+
+
+def test_remove_checkpoints_deletes_a_named_dir_but_never_the_workdir(
+        cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    named = tmp_path / "runs" / "c"
+    daemon.start()
+    c = _finished(cli, tmp_path, "c", WRITE.format(size=1000), checkpoint_dir=str(named))
+    (tmp_path / "code").mkdir()
+    d = _finished(cli, tmp_path, "d", "true", workdir="code", checkpoint_dir=".")
+    cli.wait_state(c, "succeeded")
+    cli.wait_state(d, "succeeded")
+    assert cli.json("remove", c, "--checkpoints")["not_removed"] == []
+    assert not named.exists()
+    kept = cli.run("remove", d, "--checkpoints")
+    assert f"kept {tmp_path / 'code'}: it holds the job's workdir" in kept.stdout and (tmp_path / "code").is_dir()
+    assert cli.json("status") == []
+
+
+def test_clean_needs_an_age_or_all(cli: Cli):
+    assert cli.run("clean", check=False).returncode == 2
+    assert cli.run("clean", "--older-than", "soon", check=False).returncode == 2
+    assert "no finished job to remove" in cli.run("clean", "--older-than", "7d").stdout
+
+
+def test_prune_keeps_the_newest_attempts(tmp_path: Path):
+    job_dir = tmp_path / "jobs" / "0123abcd"
+    for number in range(1, 6):
+        (job_dir / f"attempt-{number}.run").mkdir(parents=True)
+        (job_dir / f"attempt-{number}.log").write_text("x")
+    (job_dir / "checkpoints").mkdir()
+    gone = prune_attempts(job_dir, 5, 2)
+    assert sorted(p.name for p in gone) == sorted(f"attempt-{n}.{e}" for n in (1, 2, 3) for e in ("log", "run"))
+    assert sorted(p.name for p in job_dir.iterdir()) == [
+        "attempt-4.log", "attempt-4.run", "attempt-5.log", "attempt-5.run", "checkpoints"]
+    assert prune_attempts(job_dir, 5, 0) == []
+
+
+def test_keep_attempts_from_the_config_file(tmp_path: Path):
+    config = tmp_path / "config.yaml"
+    assert keep_attempts(config) == 10
+    config.write_text("notify:\n  desktop: true\nkeep_attempts: 3  # per job\n")
+    assert keep_attempts(config) == 3
+
+
+def test_named_checkpoint_dir_guards(tmp_path: Path):
+    job_dir = tmp_path / "state" / "jobs" / "0123abcd"
+    assert named_checkpoint_dir(job_dir, str(job_dir / "checkpoints"), None) == (None, None)
+    assert named_checkpoint_dir(job_dir, str(tmp_path / "runs"), str(tmp_path / "code")) == (tmp_path / "runs", None)
+    assert named_checkpoint_dir(job_dir, str(tmp_path), str(tmp_path / "code"))[0] is None
+    assert named_checkpoint_dir(job_dir, str(Path.home()), None)[1].endswith("it holds your home folder")
+
+
+def test_doctor_shows_the_state_dir_size(tmp_path: Path):
+    state = StateDir(tmp_path / "state")
+    assert check_state_size(state).ok is None
+    (state.root / "jobs" / "0123abcd").mkdir(parents=True)
+    (state.root / "jobs" / "0123abcd" / "attempt-1.log").write_bytes(b"x" * 100_000)
+    check = check_state_size(state)
+    assert check.ok and "KiB in job dirs" in check.detail and str(state.root) in check.detail
