@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+from fakes import World
 from support import Cli, DaemonProcess, write_spec
 from trainsup.cleanup import disk_usage, keep_attempts, named_checkpoint_dir, prune_attempts
 from trainsup.doctor import check_state_size
+from trainsup.jobs import inbox
+from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
 
 WRITE = 'head -c {size} /dev/urandom > "$TRAINSUP_CHECKPOINT_DIR/weights.bin"'
@@ -19,7 +23,7 @@ def _finished(cli: Cli, tmp_path: Path, name: str, command: str, **fields) -> st
     return job_id
 
 
-def test_clean_frees_what_the_dry_run_says_and_keeps_named_checkpoints(
+def test_clean_frees_what_the_dry_run_says_keeps_named_checkpoints_and_refuses_a_running_job(
         cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     state = StateDir(tmp_path / "state")
     named = tmp_path / "runs" / "b"
@@ -34,6 +38,8 @@ def test_clean_frees_what_the_dry_run_says_and_keeps_named_checkpoints(
     refused = cli.run("remove", live, check=False)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         f"trainsup: job {live} is running; only a finished job can be removed (`trainsup cancel {live}` stops it first)."]
+    cli.run("cancel", "--force", live)
+    cli.wait_state(live, "cancelled")
 
     # A finished attempt's record.json (trainsup.record) may still arrive: measure once the sizes hold still.
     plans = [cli.json("clean", "--all", "--dry-run")]
@@ -41,13 +47,14 @@ def test_clean_frees_what_the_dry_run_says_and_keeps_named_checkpoints(
         time.sleep(0.5)
         plans.append(cli.json("clean", "--all", "--dry-run"))
     plan = plans[-1]
-    assert sorted(job["id"] for job in plan["jobs"]) == sorted([a, b]) and 200_000 <= plan["bytes"] < 500_000  # b's named dir stays
+    assert sorted(job["id"] for job in plan["jobs"]) == sorted([a, b, live])
+    assert 200_000 <= plan["bytes"] < 500_000  # b's named dir stays
     before = disk_usage([state.root / "jobs", named])
     done = cli.json("clean", "--all")
     after = disk_usage([state.root / "jobs", named])
     assert done["not_removed"] == [] and done["freed"] == plan["bytes"] == before - after
     assert (named / "weights.bin").stat().st_size == 300_000  # named in the spec: not asked for, kept
-    assert [job["id"] for job in cli.json("status")] == [live]
+    assert cli.json("status") == []
     assert not state.job_dir(a).exists() and not state.job_dir(b).exists()
     assert cli.run("status", a, check=False).returncode == 3
 
@@ -109,3 +116,50 @@ def test_doctor_shows_the_state_dir_size(tmp_path: Path):
     (state.root / "jobs" / "0123abcd" / "attempt-1.log").write_bytes(b"x" * 100_000)
     check = check_state_size(state)
     assert check.ok and "KiB in job dirs" in check.detail and str(state.root) in check.detail
+
+
+# --- the daemon's side: the `remove` request, with fakes (no processes) -------------------
+
+
+def _succeeded(world, name: str, **fields) -> str:
+    job_id = world.submit(name, **fields)
+    plan = world.start(job_id)
+    world.job_started(plan)
+    Path(world.job(job_id).checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    (Path(world.job(job_id).checkpoint_dir) / "w.bin").write_bytes(b"w")
+    world.job_ended(plan, exit_code=0, log="done\n")
+    world.poll()
+    assert world.job(job_id).state.is_terminal
+    return job_id
+
+
+def _remove(world, job_id: str, checkpoints: bool = False) -> None:
+    inbox.drop(world.state.inbox, {"kind": "control", "job_id": job_id, "action": "remove",
+                                   "requested_at": world.clock.time(), "checkpoints": checkpoints})
+    world.intake.ingest_all(world.clock.time())
+
+
+def test_the_daemon_removes_a_finished_job_and_redoes_a_removal_cut_short(tmp_path: Path):
+    world = World.make(tmp_path)
+    a = _succeeded(world, "a")
+    b = _succeeded(world, "b")
+    assert world.state.job_dir(a).is_dir()
+    _remove(world, a)
+    assert world.job(a) is None and not world.state.job_dir(a).exists()
+    assert Path(world.store.job(b).checkpoint_dir).is_dir()
+    shutil.rmtree(world.state.job_dir(b))  # as a daemon killed after deleting the files, before the commit leaves it
+    _remove(world, b, checkpoints=True)
+    assert world.job(b) is None and not (tmp_path / "state" / "ckpt" / "b").exists()
+    assert world.store.attempts(b) == [] and world.store.events(b) == []
+
+
+def test_the_daemon_leaves_a_live_job_and_a_shared_checkpoint_dir(tmp_path: Path):
+    world = World.make(tmp_path)
+    queued = world.submit("q")
+    _remove(world, queued)
+    assert world.job(queued).state is JobState.QUEUED and world.events(queued)[-1] == "remove_ignored"
+    shared = str(tmp_path / "shared")
+    first = _succeeded(world, "s1", checkpoint_dir=shared)
+    _succeeded(world, "s2", checkpoint_dir=shared)
+    _remove(world, first, checkpoints=True)
+    assert world.job(first) is None and (Path(shared) / "w.bin").exists()
