@@ -99,6 +99,8 @@ def test_keep_attempts_from_the_config_file(tmp_path: Path):
     assert keep_attempts(config) == 10
     config.write_text("notify:\n  desktop: true\nkeep_attempts: 3  # per job\n")
     assert keep_attempts(config) == 3
+    config.write_text("keep_attempts: many\n")
+    assert keep_attempts(config) == 10
 
 
 def test_named_checkpoint_dir_guards(tmp_path: Path):

@@ -1,7 +1,7 @@
 """What removing a finished job deletes, how much that frees, and the pruning of old attempts.
 
 Shared by `trainsup clean`/`remove` (which list and measure) and the daemon (which
-deletes, as it applies a `remove` request). Stdlib only.
+deletes, as it applies a `remove` request). Stdlib only (but for reading the config file).
 
 A job's dir (`jobs/<id>/`: attempt logs, run dirs, the default checkpoint dir) goes with
 the job. A checkpoint dir the user named in the spec stays unless `--checkpoints`
@@ -16,14 +16,13 @@ the user's config file (`$TRAINSUP_CONFIG`, else `~/.config/trainsup/config.yaml
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
 import stat
 from pathlib import Path
 
 DEFAULT_KEEP_ATTEMPTS = 10
-_KEEP_LINE = re.compile(r"^keep_attempts:\s*(\d+)\s*(#.*)?$", re.MULTILINE)
 
 
 def disk_usage(paths: list[Path]) -> int:
@@ -93,11 +92,14 @@ def keep_attempts(config: Path | None = None) -> int:
         explicit = os.environ.get("TRAINSUP_CONFIG")
         base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         config = Path(explicit) if explicit else Path(base) / "trainsup" / "config.yaml"
+    import yaml
+
     try:
-        found = _KEEP_LINE.search(config.read_text(errors="replace"))
-    except OSError:
+        data = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return DEFAULT_KEEP_ATTEMPTS
-    return int(found[1]) if found else DEFAULT_KEEP_ATTEMPTS
+    keep = data.get("keep_attempts") if isinstance(data, dict) else None
+    return keep if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0 else DEFAULT_KEEP_ATTEMPTS
 
 
 def prune_attempts(job_dir: Path, newest: int, keep: int) -> list[Path]:
@@ -116,9 +118,16 @@ def prune_attempts(job_dir: Path, newest: int, keep: int) -> list[Path]:
     return gone
 
 
-def format_bytes(size: int) -> str:
+def format_bytes(size: float) -> str:
+    """`512 B`, `1.5 MiB`, `12.0 GiB`."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            break
         size /= 1024
-    return f"{size:.1f} TiB"
+    return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def workdir_of(spec_json: str) -> str | None:
+    """The resolved workdir of a stored spec, read without pydantic."""
+    workdir = json.loads(spec_json).get("workdir")
+    return workdir if isinstance(workdir, str) else None

@@ -100,7 +100,8 @@ def plan(state: StateDir, store: Store, jobs: list[Job], checkpoints: bool) -> l
     for job in jobs:
         named, kept = None, None
         if checkpoints:
-            named, kept = cleanup.named_checkpoint_dir(state.job_dir(job.id), job.checkpoint_dir, _workdir(job))
+            named, kept = cleanup.named_checkpoint_dir(state.job_dir(job.id), job.checkpoint_dir,
+                                                       cleanup.workdir_of(job.spec_json))
             if named is not None and (others := set(store.jobs_using_checkpoint_dir(str(named))) - removing):
                 named, kept = None, f"kept {named}: job {sorted(others)[0]} uses it too"
         if named is not None:
@@ -160,10 +161,3 @@ def _is_remove_request(path: Path) -> bool:
         return b'"remove"' in (inbox.read(path) or b"")
     except OSError:
         return False
-
-
-def _workdir(job: Job) -> str | None:
-    import json
-
-    workdir = json.loads(job.spec_json).get("workdir")
-    return workdir if isinstance(workdir, str) else None

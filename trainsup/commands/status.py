@@ -277,15 +277,13 @@ def sweep_summary(state: StateDir, sweep: str) -> dict[str, Any]:
 
 
 def render_sweep(summary: dict[str, Any]) -> None:
+    from trainsup.jobs.sweep import text as sweep_text
+
     header = ("COMBINATION", "JOB", "NAME", "STATE", "ATTEMPTS", "RUNS", "LAST END")
     print(format_table(header, [
-        (" ".join(f"{key}={_value_text(value)}" for key, value in c["values"].items()), c["id"], c["name"],
+        (" ".join(f"{key}={sweep_text(value)}" for key, value in c["values"].items()), c["id"], c["name"],
          c["state"], str(c["attempts"] or "-"), str(c["runs"]), c["last_reason"] or "-")
         for c in summary["combinations"]
     ]))
     totals = ", ".join(f"{count} {state}" for state, count in sorted(summary["totals"].items()))
     print(f"sweep {summary['sweep']}: {len(summary['combinations'])} combinations: {totals}")
-
-
-def _value_text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)

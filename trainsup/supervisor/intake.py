@@ -7,7 +7,6 @@ applied, and nothing is written outside the state dir because of it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -183,7 +182,7 @@ class Intake:
         job_dir = self.state.job_dir(job.id)
         named, kept = None, None
         if checkpoints:
-            named, kept = cleanup.named_checkpoint_dir(job_dir, job.checkpoint_dir, _workdir(job))
+            named, kept = cleanup.named_checkpoint_dir(job_dir, job.checkpoint_dir, cleanup.workdir_of(job.spec_json))
             if named is not None and (others := set(self.store.jobs_using_checkpoint_dir(str(named))) - {job.id}):
                 named, kept = None, f"kept {named}: job {sorted(others)[0]} uses it too"
         try:
@@ -196,8 +195,3 @@ class Intake:
         self.store.delete_job(job.id)
         log.info("job removed", job=job.id, name=job.name, checkpoint_dir=str(named) if named else None, note=kept)
         return []
-
-
-def _workdir(job: Job) -> str | None:
-    workdir = json.loads(job.spec_json).get("workdir")
-    return workdir if isinstance(workdir, str) else None
