@@ -1,6 +1,7 @@
 """What power safety costs: save times for the same state, in the same run.
 
-For each size, the median of --repeats runs of:
+For each size, the median of --repeats rounds; each round runs the first four once, in turn:
+  disk floor         the bytes of that torch.save file written with os.write, then fsync
   torch.save         plain torch.save to a file (page cache only)
   torch.save+fsync   the same, then fsync the file
   power-safe         trainsup's protocol: temp dir, sha256, fsync files, manifest,
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
+HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable"]
+
 
 def model_of(size: int) -> torch.nn.Module:
     """A module whose parameters take `size` bytes, in 8 MiB tensors like a real model's layers."""
@@ -47,24 +50,41 @@ def model_of(size: int) -> torch.nn.Module:
     return model
 
 
-def timed(work: Callable[[], None], repeats: int, reset: Callable[[], None]) -> float:
-    samples = []
+def timed(works: dict[str, tuple[Callable[[], None], Callable[[], None]]], repeats: int) -> dict[str, float]:
+    """The median seconds of each (work, reset) in `works`, run in turn once per round (noise hits all alike)."""
+    samples: dict[str, list[float]] = {name: [] for name in works}
     for _ in range(repeats):
-        reset()
-        started = time.perf_counter()
-        work()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for name, (work, reset) in works.items():
+            reset()
+            started = time.perf_counter()
+            work()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def write_fsync(path: Path, size: int, chunk: int = 4 << 20) -> None:
+    """The disk floor: `size` bytes with os.write, then fsync (as benchmarks/common.fsync_bandwidth)."""
+    block = os.urandom(min(chunk, size))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[:min(chunk, left)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, float]:
     model = model_of(size).to(device)
     state = {"model": model.state_dict()}
     target = root / "plain.pt"
+    floor = root / "floor.bin"
 
     def clean() -> None:
-        if target.exists():
-            target.unlink()
+        for path in (target, floor):
+            if path.exists():
+                path.unlink()
         for path in root.iterdir():
             if path.is_dir():
                 shutil.rmtree(path)
@@ -86,11 +106,15 @@ def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, fl
         clean()
         checkpoints.prepare()
 
-    results = {
-        "torch.save": timed(lambda: torch.save(state, target), repeats, clean),
-        "torch.save+fsync": timed(save_fsync, repeats, clean),
-        "power-safe": timed(power_safe, repeats, prepare_checkpoints),
-    }
+    clean()
+    torch.save(state, target)
+    file_size = target.stat().st_size
+    results = timed({
+        "disk floor": (lambda: write_fsync(floor, file_size), clean),
+        "torch.save": (lambda: torch.save(state, target), clean),
+        "torch.save+fsync": (save_fsync, clean),
+        "power-safe": (power_safe, prepare_checkpoints),
+    }, repeats)
     stalls, durable = [], []
     clean()
     with Session(model, checkpoint_dir=root / "async", handle_signals=False, environ={},
@@ -126,12 +150,13 @@ def main() -> None:
                                  "repeats": args.repeats, "sizes": {}}
     try:
         print(f"writing to {args.dir}; medians of {args.repeats} runs, seconds")
-        header = ["size", "torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable"]
-        print("  ".join(f"{h:>16}" for h in header))
+        print("  ".join(f"{h:>16}" for h in ["size", *HEADER, "safe/save+fsync", "safe/floor"]))
         for label, size in sizes:
             figures = bench_size(size, args.repeats, root, args.device)
             report["sizes"][label] = figures  # type: ignore[index]
-            print("  ".join([f"{label:>16}"] + [f"{figures[h]:>16.4f}" for h in header[1:]]), flush=True)
+            ratios = [figures["power-safe"] / figures["torch.save+fsync"], figures["power-safe"] / figures["disk floor"]]
+            print("  ".join([f"{label:>16}"] + [f"{figures[h]:>16.4f}" for h in HEADER]
+                            + [f"{r:>15.2f}x" for r in ratios]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
