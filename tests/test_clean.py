@@ -165,3 +165,22 @@ def test_the_daemon_leaves_a_live_job_and_a_shared_checkpoint_dir(tmp_path: Path
     _succeeded(world, "s2", checkpoint_dir=shared)
     _remove(world, first, checkpoints=True)
     assert world.job(first) is None and (Path(shared) / "w.bin").exists()
+
+
+def test_an_attempt_start_prunes_the_files_of_attempts_beyond_keep_attempts(tmp_path: Path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text("keep_attempts: 2\n")
+    monkeypatch.setenv("TRAINSUP_CONFIG", str(config))
+    world = World.make(tmp_path)
+    job_id = world.submit("preempted")
+    for _ in range(4):
+        plan = world.start(job_id)
+        world.job_started(plan)
+        world.job_ended(plan, exit_code=75, log=f"attempt {plan.number}\n")
+        world.poll()
+        assert world.job(job_id).state is JobState.QUEUED
+    world.start(job_id)
+    job_dir = world.state.job_dir(job_id)
+    assert sorted(p.name for p in job_dir.glob("attempt-*.log")) == ["attempt-4.log"]  # 5 has no log yet
+    assert not (job_dir / "attempt-3.run").exists() and (job_dir / "attempt-4.run").exists()
+    assert len(world.store.attempts(job_id)) == 5  # the rows and the timeline stay
