@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 from trainsup.contracts import parse_step_dir, step_dir_name
+from trainsup.diskspace import free_bytes
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
-from trainsup.trainer.fsops import FileOps, Writer, free_bytes, make_dirs
+from trainsup.trainer.fsops import FileOps, Writer, make_dirs
 from trainsup.trainer.ownership import entry_problem
 from trainsup.textlog import get_logger
 from trainsup.manifest import (

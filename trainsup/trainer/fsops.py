@@ -67,26 +67,4 @@ def make_dirs(path: Path, mode: int = 0o755) -> list[Path]:
     Raises:
         OSError: a level cannot be created, or exists and is not a directory.
     """
-    missing: list[Path] = []
-    level = Path(os.path.abspath(path))
-    while not level.is_dir() and level.parent != level:
-        missing.append(level)
-        level = level.parent
-    missing.reverse()
-    for level in missing:
-        try:
-            os.mkdir(level, mode)
-        except FileExistsError:
-            if not level.is_dir():
-                raise
-        durable.fsync_dir(level.parent)
-    return missing
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes an unprivileged user may still write on `path`'s file system; None when the
-    file system does not say (some FUSE mounts report 0 total blocks): unknown, not full."""
-    usage = os.statvfs(path)
-    if usage.f_blocks == 0:
-        return None
-    return usage.f_bavail * usage.f_frsize
+    return durable.make_dirs(Path(os.path.abspath(path)), mode)
