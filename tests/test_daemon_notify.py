@@ -80,6 +80,7 @@ def _env_of(cli: Cli, job: str) -> dict[str, str]:
 def test_notify_protocol_end_to_end(cli: Cli, daemon: DaemonProcess, state_env, tmp_path: Path, notify_socket):
     long_job = [PY, str(JOBS / "resumable.py"), "--steps", "100000", "--interval", "0.05", "--print-env"]
     # A previous daemon leaves a running attempt behind: the next one must re-adopt it first.
+    cli.run("group", "set", "default", "3")  # the three CPU jobs at once, beyond the default limit
     daemon.start()
     adopted = cli.submit(write_spec(tmp_path / "a.yaml", name="adopted", command=long_job,
                                     checkpoint_dir="ckpt-a", grace_period="20s"))

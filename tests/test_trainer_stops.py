@@ -96,6 +96,7 @@ def test_ten_daemon_stops_each_checkpoint_with_dataloader_workers(cli: Cli, daem
 
 @pytest.mark.slow
 def test_ten_cancels_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    cli.run("group", "set", "default", str(CANCELS_AT_ONCE))  # all five at once, beyond the default limit
     daemon.start()
     started = time.monotonic()
     for batch in range(CANCELS // CANCELS_AT_ONCE):
