@@ -532,11 +532,15 @@ def test_the_example_job_runs_stops_and_resumes(tmp_path: Path) -> None:
     import time
 
     example = REPO / "jobs" / "hf-trainer" / "train.py"
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "TRAINSUP_RUN_DIR": str(tmp_path / "run")}
+    beats = tmp_path / "heartbeat"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "TRAINSUP_RUN_DIR": str(tmp_path / "run"),
+           "TRAINSUP_HEARTBEAT": str(beats)}
     command = [PY, str(example), "--max-steps", "40", "--save-steps", "20", "--output-dir", str(tmp_path / "out")]
     proc = subprocess.Popen([*command, "--step-delay", "0.1"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (tmp_path / "out").is_dir() or proc.poll() is not None, 60, 0.05, "training")
+    # a heartbeat means training began, so the callback's Ctrl+C handler is in place
+    # (the output dir appears earlier, while the Trainer is still being built)
+    wait_for(lambda: any(beats.glob("rank-*.json")) or proc.poll() is not None, 60, 0.05, "training")
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
