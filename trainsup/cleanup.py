@@ -22,6 +22,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from trainsup.userconfig import UserConfigError, read_config
+
 DEFAULT_KEEP_ATTEMPTS = 10
 
 
@@ -88,17 +90,10 @@ def delete(paths: list[Path]) -> None:
 
 def keep_attempts(config: Path | None = None) -> int:
     """How many attempts' logs and run dirs each job keeps (`keep_attempts:` in the config file)."""
-    if config is None:
-        explicit = os.environ.get("TRAINSUP_CONFIG")
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        config = Path(explicit) if explicit else Path(base) / "trainsup" / "config.yaml"
-    import yaml
-
     try:
-        data = yaml.safe_load(config.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        keep = read_config(config).get("keep_attempts")
+    except UserConfigError:
         return DEFAULT_KEEP_ATTEMPTS
-    keep = data.get("keep_attempts") if isinstance(data, dict) else None
     return keep if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 0 else DEFAULT_KEEP_ATTEMPTS
 
 

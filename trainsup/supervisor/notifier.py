@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
-import yaml
 from pydantic import ValidationError
 
 from trainsup.contracts import clean_child_env
 from trainsup.jobs.spec import NotifySpec
 from trainsup.jobs.store import Attempt, Job
+from trainsup.userconfig import UserConfigError, config_path, read_config
 
 log = structlog.get_logger("trainsup.notifier")
 
@@ -33,24 +33,14 @@ ENV_PREFIX = "TRAINSUP_NOTIFY_"
 EVENT_OF_ACTION = {"succeed": "succeeded", "fail": "failed", "restart": "restart", "cancel": "cancelled"}
 
 
-def config_path() -> Path:
-    if explicit := os.environ.get("TRAINSUP_CONFIG"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "trainsup" / "config.yaml"
-
-
 def user_default() -> NotifySpec | None:
     """The `notify:` of the user's config file; None when there is none or it is broken (logged)."""
     path = config_path()
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        section = read_config(path).get("notify")
+    except UserConfigError as exc:
+        log.warning("cannot use the trainsup config", path=str(path), error=str(exc))
         return None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        log.warning("cannot read the trainsup config", path=str(path), error=str(exc))
-        return None
-    section = data.get("notify") if isinstance(data, dict) else None
     if section is None:
         return None
     try:
