@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from fakes import World
-from support import Cli, DaemonProcess, write_spec
+from support import Cli, DaemonProcess, wait_for, write_spec
+from trainsup.contracts import STARTED_FILE
 from trainsup.cleanup import disk_usage, keep_attempts, named_checkpoint_dir, prune_attempts
 from trainsup.doctor import check_state_size
 from trainsup.jobs import inbox
 from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
+from trainsup.record import RECORD_FILE
 
 WRITE = 'head -c {size} /dev/urandom > "$TRAINSUP_CHECKPOINT_DIR/weights.bin"'
 
@@ -41,12 +42,12 @@ def test_clean_frees_what_the_dry_run_says_keeps_named_checkpoints_and_refuses_a
     cli.run("cancel", "--force", live)
     cli.wait_state(live, "cancelled")
 
-    # A finished attempt's record.json (trainsup.record) may still arrive: measure once the sizes hold still.
-    plans = [cli.json("clean", "--all", "--dry-run")]
-    while len(plans) < 2 or plans[-1]["bytes"] != plans[-2]["bytes"]:
-        time.sleep(0.5)
-        plans.append(cli.json("clean", "--all", "--dry-run"))
-    plan = plans[-1]
+    # A finished attempt's record.json (trainsup.record, gathered in the background) may still
+    # arrive and change the sizes: measure once every attempt that ran has its record.
+    run_dirs = list((state.root / "jobs").glob("*/attempt-*.run"))
+    wait_for(lambda: all((d / RECORD_FILE).exists() for d in run_dirs if (d / STARTED_FILE).exists()),
+             120, 0.2, "every attempt's record.json")
+    plan = cli.json("clean", "--all", "--dry-run")
     assert sorted(job["id"] for job in plan["jobs"]) == sorted([a, b, live])
     assert 200_000 <= plan["bytes"] < 500_000  # b's named dir stays
     before = disk_usage([state.root / "jobs", named])

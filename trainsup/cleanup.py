@@ -16,10 +16,12 @@ the user's config file (`$TRAINSUP_CONFIG`, else `~/.config/trainsup/config.yaml
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from trainsup.userconfig import UserConfigError, read_config
@@ -83,9 +85,25 @@ def delete(paths: list[Path]) -> None:
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
+            _remove_tree(path)
         else:
             os.unlink(path)
+
+
+def _remove_tree(path: Path, tries: int = 5) -> None:
+    """`shutil.rmtree`, again when a file appeared meanwhile: an attempt's `record.json` is
+    written in the background and can land in a run dir while it is being deleted."""
+    for attempt in range(tries):
+        try:
+            shutil.rmtree(path)
+            return
+        except OSError as exc:
+            if not os.path.lexists(path):
+                return
+            # ENOTEMPTY: a file arrived; ENOENT: its temp file was renamed away under us
+            if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT) or attempt == tries - 1:
+                raise
+            time.sleep(0.1)
 
 
 def keep_attempts(config: Path | None = None) -> int:
