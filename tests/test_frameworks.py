@@ -209,9 +209,9 @@ def test_daemon_stop_interrupts_then_resumes(framework: str, cli: Cli, daemon: D
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
 def test_truncated_newest_checkpoint_is_quarantined(framework: str, cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     make_spec, steps_of = FRAMEWORK_CASES[framework]
-    # A 3 s backoff (no jitter) leaves time to spoil the newest checkpoint between attempts.
+    # A 1.5 s backoff (no jitter) leaves time to spoil the newest checkpoint between attempts.
     spec = make_spec(tmp_path, f"{framework}-bad",
-                     restart={"initial": "3s", "max": "3s", "factor": 1, "jitter": 0, "max_restarts": 5})
+                     restart={"initial": "1.5s", "max": "1.5s", "factor": 1, "jitter": 0, "max_restarts": 5})
     checkpoints = tmp_path / "ckpt"
     daemon.start()
     job = cli.submit(spec)

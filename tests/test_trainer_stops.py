@@ -19,8 +19,10 @@ from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 from trainsup.contracts import parse_step_dir, read_heartbeats, read_json, step_dir_name
 
 PY = sys.executable
-STOPS = 10
-CANCELS = 10
+# Each stop lands at a random moment of a DataLoader-worker cycle; 10/10 of each were
+# measured when this was built (issue 10). CI keeps fewer, for time.
+STOPS = 4
+CANCELS = 5
 CANCELS_AT_ONCE = 5
 WORKER_DEATH = ("DataLoader worker", "killed by signal", "exited unexpectedly")
 
@@ -66,7 +68,7 @@ def _check_stopped_attempt(tmp_path: Path, job: str, attempt: dict, step_at_stop
 
 
 @pytest.mark.slow
-def test_ten_daemon_stops_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+def test_daemon_stops_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     checkpoints = tmp_path / "ckpt"
     # 12 steps an epoch: a new pair of workers every ~0.5 s, so stops also land near their start and end
     spec = write_spec(tmp_path / "stops.yaml", name="stops", command=_command(tmp_path / "out.pt", 96),
@@ -95,7 +97,7 @@ def test_ten_daemon_stops_each_checkpoint_with_dataloader_workers(cli: Cli, daem
 
 
 @pytest.mark.slow
-def test_ten_cancels_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+def test_cancels_each_checkpoint_with_dataloader_workers(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     cli.run("group", "set", "default", str(CANCELS_AT_ONCE))  # all five at once, beyond the default limit
     daemon.start()
     started = time.monotonic()
