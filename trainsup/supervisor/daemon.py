@@ -156,7 +156,9 @@ class Daemon:
                 wrote = self._space_is_back()
         self._note_disk(wrote, now)
         if wrote and not self.shutdown_requested:
-            self._note_disk(self._try(self._start_queued, now), now)
+            # a fresh reading: an attempt must not be recorded as started before the ends
+            # this pass just saw (a job that exited during the pass would seem to overlap it)
+            self._note_disk(self._try(self._start_queued, self.clock.time()), now)
         status = self._status_line()
         if status != self.last_status:
             self.notifier.status(status)
