@@ -122,21 +122,6 @@ def _worker_lines(run: Run) -> str:
     return "\n".join(line for line in (run.stdout + run.stderr).splitlines() if "trainsup" in line or "event" in line)
 
 
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)} differ"
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The uninterrupted 2-process run."""
@@ -149,7 +134,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[str, Any], helpers: Any,
+                                                               tmp_path: Path) -> None:
     rnd = random.Random(11)
     plan = [  # the daemon test below kills at random moments; these two land between micro-batches
         f"1:{rnd.randint(1, 3)}:micro",   # rank 1 before the first checkpoint: the rerun starts fresh
@@ -163,7 +149,7 @@ def test_sigkill_of_one_rank_then_torchrun_again_is_bit_exact(reference: dict[st
     run = torchrun(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("resuming from") == 2, "both ranks resume"
-    assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
+    helpers.assert_same(reference, torch.load(tmp_path / "final.pt", weights_only=True))
     print(f"{len(plan)} kills + the finishing run in {time.monotonic() - started:.1f} s")
 
 
@@ -214,7 +200,7 @@ def _trained(tmp_path: Path, job: str, attempt: int, rank: int, steps: int) -> t
 
 @pytest.mark.slow
 def test_under_the_daemon_three_rank_sigkills_a_rank_sigterm_and_a_stop_all_resume_exactly(
-    reference: dict[str, Any], cli: Any, daemon: Any, tmp_path: Path
+    reference: dict[str, Any], helpers: Any, cli: Any, daemon: Any, tmp_path: Path
 ) -> None:
     """Attempt 1: rank 0 killed inside its save of checkpoint 8 (after a seeded one of the
     save's 8 file operations); 2, 3: a seeded rank killed a seeded number of steps after it
@@ -292,4 +278,4 @@ def test_under_the_daemon_three_rank_sigkills_a_rank_sigterm_and_a_stop_all_resu
         assert _log(tmp_path, job, attempt + 1).count(f"resuming from {at_stop}") == 2, why()
     assert attempts[3]["exit_code"] == 1, "torchrun's own exit status after its workers exited 75"
     assert not [p for p in ckpt.iterdir() if p.name.startswith(".tmp-")], why()
-    assert_same(reference, torch.load(out, weights_only=True))
+    helpers.assert_same(reference, torch.load(out, weights_only=True))
