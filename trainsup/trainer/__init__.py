@@ -24,6 +24,7 @@ from trainsup.trainer.outcome import install_excepthook
 from trainsup.trainer.sampler import ResumableSampler
 from trainsup.trainer.saving import Saving
 from trainsup.trainer.session import Session
+from trainsup.trainer.snapshot import Snapshots
 from trainsup.trainer.step import Step
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Retention",
     "Saving",
     "Session",
+    "Snapshots",
     "Step",
     "TrainerEnv",
     "TrainerError",

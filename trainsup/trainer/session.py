@@ -14,7 +14,8 @@ turns SIGTERM/SIGINT/SIGUSR1 into "checkpoint, then exit 75" at the next step bo
 Under `torch.distributed` (torchrun) rank 0 writes every checkpoint while the other ranks
 wait on a barrier, every rank loads the same one, and a stop seen by any rank stops all.
 The options come in small frozen objects: `Saving` (when), `Retention` (what stays, and
-which checkpoint is best), `Batch` (the micro-batch and accumulation in force).
+which checkpoint is best), `Batch` (the micro-batch and accumulation in force), `Snapshots`
+(in-memory snapshots between disk saves, `trainsup.trainer.snapshot`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from trainsup.batch import Batch
-from trainsup.contracts import EXIT_PREEMPTED, Phase
+from trainsup.contracts import EXIT_PREEMPTED, Phase, parse_step_dir
 from trainsup.errors import TrainsupError
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
@@ -41,6 +42,7 @@ from trainsup.trainer.ownership import check_checkpoint_dir
 from trainsup.trainer.resume import (
     Resume,
     Resumed,
+    apply as apply_state,
     check_epochs,
     check_resume,
     init_source,
@@ -52,8 +54,9 @@ from trainsup.trainer.resume import (
 )
 from trainsup.trainer.sampler import ResumableSampler
 from trainsup.trainer.saving import Saver, Saving
+from trainsup.trainer.snapshot import Snapshots, Snapshotter
 from trainsup.trainer.stackdump import register_stack_dumps
-from trainsup.trainer.statefile import Components
+from trainsup.trainer.statefile import STATE_FILE, Components
 from trainsup.trainer.step import Step
 from trainsup.trainer.stop import StopSignals
 
@@ -83,6 +86,7 @@ class Session:
         environ: Mapping[str, str] | None = None,
         init_from: str | Path | None = None,
         allow_shared_dir: bool | None = None,
+        snapshots: Snapshots = Snapshots(),
     ) -> None:
         """Wrap a training loop; nothing touches the disk before `start()` (or `with`).
 
@@ -95,6 +99,8 @@ class Session:
         `allow_shared_dir` (default: `TRAINSUP_ALLOW_SHARED_CHECKPOINT_DIR=1`) accepts a
         checkpoint dir, and checkpoints, that other users own or can write; without it the
         session refuses them (`UnsafeCheckpointDirError`, see `trainsup.trainer.ownership`).
+        `snapshots`: in-memory snapshots between disk saves, used on a restart in the same
+        boot when newer than every disk checkpoint (`TRAINSUP_SNAPSHOTS=0` turns them off).
 
         Raises:
             OptionError: an option that cannot be (also a ValueError), or no checkpoint directory.
@@ -131,6 +137,7 @@ class Session:
         self.step_in_epoch = 0  # 0-based index of the current step in the epoch; after the loop, steps_in_epoch
 
         self._saver = Saver(self.checkpoints, saving)
+        self._snapshots = Snapshotter(snapshots, self.checkpoint_dir, self.env.run_dir, environ)
         self._heartbeat = HeartbeatWriter(self.env.heartbeat_dir, self.env.rank)
         self._lock = DirLock(self.checkpoint_dir)
         self._signals = StopSignals()
@@ -210,8 +217,11 @@ class Session:
             register_stack_dumps()
             if self.handle_signals:
                 self._signals.install()
+            if self._group is not None:
+                self._snapshots.off = "not under torch.distributed yet"
             if self._writer:
                 self.checkpoints.prepare()
+                self._snapshots.start()
                 self._resume()
             if self._group is not None:
                 self._group.barrier()  # rank 0 has cleaned up and set aside; the others load what it chose
@@ -229,6 +239,7 @@ class Session:
         if not self._started:
             return
         self._saver.settle()
+        self._snapshots.settle()
         self._signals.restore()
         self._lock.release()
         self._started = False
@@ -247,6 +258,7 @@ class Session:
     def _finish(self) -> None:
         if not self._writer:
             return
+        self._snapshots.discard(finished=True)
         where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
         epochs = f", epoch {self.epoch} of {self._num_epochs}" if self._num_epochs is not None else ""
         write_exit_info(self.env.run_dir, "finished", self.step, f"finished at step {self.step}{epochs}; last checkpoint {where}")
@@ -255,8 +267,27 @@ class Session:
 
     def _resume(self) -> None:
         skipped: list[Skipped] = []
-        resumed = resume_from(self.checkpoints, self.resume, self.components, self.device, attempt=self.env.attempt,
-                              skipped=skipped)
+        latest = self.resume == "latest" or (self.resume == "best" and self.env.attempt > 1)
+        snapshot = self._snapshots.newest(skipped) if latest else None
+        newest_disk = max((parse_step_dir(p.name) or 0 for p in self.checkpoints.step_dirs()), default=None)
+        ahead = snapshot is not None and (newest_disk is None or snapshot.step > newest_disk)
+        resumed = None
+        if not ahead:
+            resumed = resume_from(self.checkpoints, self.resume, self.components, self.device,
+                                  attempt=self.env.attempt, skipped=skipped)
+        if snapshot is not None and (resumed is None or snapshot.step > resumed.step):
+            from_snapshot = self._resume_snapshot(snapshot, resumed, skipped)
+            if from_snapshot is not None:
+                return
+            skipped.append(Skipped(f"snapshot {snapshot.name}", f"{STATE_FILE} cannot be loaded"))
+            if ahead:
+                resumed = resume_from(self.checkpoints, self.resume, self.components, self.device,
+                                      attempt=self.env.attempt, skipped=skipped)
+        elif snapshot is not None:
+            log.info("in-memory snapshot %s is not used: it is not newer than disk %s", snapshot.name,
+                     resumed.checkpoint.name if resumed else "checkpoints")
+            skipped.append(Skipped(f"snapshot {snapshot.name}", f"not newer than {resumed.checkpoint.name}"))
+        self._snapshots.discard()
         if resumed is None:
             if skipped:  # every checkpoint was broken: say so, and keep later restarts from trying them again
                 set_aside_newer(self.checkpoints, None)
@@ -269,6 +300,27 @@ class Session:
         set_aside_newer(self.checkpoints, resumed.checkpoint)
         self._started_from = self._with_origin(resumed)
         record(self.env.run_dir, self._started_from, skipped)
+
+    def _resume_snapshot(self, snapshot: Checkpoint, disk: Resumed | None, skipped: list[Skipped]) -> Resumed | None:
+        """Load the in-memory `snapshot` (newer than `disk`, the disk checkpoint already loaded, if any)."""
+        state = self._snapshots.load(snapshot, self.device)
+        if state is None:
+            return None
+        resumed = apply_state(self.components, snapshot, state, "latest")
+        self._apply(resumed)
+        self._saver.last = disk.checkpoint if disk is not None else None
+        self._saver.dirty = True  # no disk checkpoint holds these steps yet
+        set_aside_newer(self.checkpoints, snapshot)
+        newest_disk = self.checkpoints.step_dirs()
+        than = f"disk {newest_disk[0].name}" if newest_disk else "any disk checkpoint"
+        log.info("resumed from in-memory snapshot at step %d, newer than %s", snapshot.step, than)
+        origin = snapshot.manifest.started_from.get("origin")
+        self._started_from = {"select": "snapshot", "checkpoint": snapshot.name, "step": snapshot.step,
+                              "attempt": self.env.attempt, "snapshot": str(snapshot.path),
+                              "disk": newest_disk[0].name if newest_disk else None,
+                              **({"origin": origin} if origin is not None else {})}
+        record(self.env.run_dir, self._started_from, skipped)
+        return resumed
 
     def _init_weights(self) -> None:
         origin = init_weights(self.init_from, self.checkpoints.retention, self.components, self.device)
@@ -415,6 +467,8 @@ class Session:
                 self.save()
             except CheckpointSaveError as exc:
                 log.error("%s Training continues; the next save will try again.", exc)
+        elif self._snapshots.due():
+            self._snapshots.take(self.step, self._collect(), self._meta())
 
     def _set_batch(self, batch: Batch) -> None:
         saved = self._saved_batch
@@ -502,6 +556,8 @@ class Session:
         self._saver.settle()
         if self._agreed(self._saver.dirty or self.last_checkpoint is None):
             self.save(wait=True)
+        if self._writer:
+            self._snapshots.discard(finished=True)  # the disk checkpoint holds this step
         where = self.last_checkpoint.name if self.last_checkpoint else "no checkpoint"
         if not self._writer:
             where = f"of step {self.step} (written by rank 0)"
