@@ -1,9 +1,12 @@
 """Figure 1, restart latency: from one attempt's death to the next attempt's first line.
 
-The job is `python job.py`, which prints `time.time()` as its first line and again
-right before it exits 1. The same job runs `restarts` + 1 times under
+The job is `python job.py`, which prints `time.time()` as its first line, lives a
+second (its first run six, so that trainsup's warm standby, which starts 5 s into a
+fresh attempt, can be ready), and prints the time again right before it exits 1. The
+same job runs `restarts` + 1 times under
 
-- trainsup (`max_restarts: N`, `initial: 0s`, jitter 0, crash_loop 0: no backoff),
+- trainsup (`max_restarts: N`, `initial: 0s`, jitter 0, crash_loop 0: no backoff), with
+  its warm standby (the default) and with `standby: false` (a fresh monitor and Python),
 - torchrun (`--standalone --nproc-per-node 1 --max-restarts N`, default
   `--monitor-interval` of 0.1 s), and
 - a bare shell loop (`until python job.py ...; do :; done`): the floor, the cost of
@@ -18,6 +21,9 @@ attempt's exit timestamp. trainsup's time is split with its own records:
               with synchronous=FULL, fork+exec of the monitor)
     spawn   = monitor process created → the job's first line
               (monitor: → started.json, the job forked; job: → its first line)
+
+With a standby, decide ends when the standby reads its activation and spawn is the hand-over
+(lock and log passed, staleness checked) → the script's first line.
 
     python benchmarks/bench_restart.py [--quick] [--json PATH]
 """
@@ -37,8 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 JOB = """\
-import sys, time
+import os, sys, time
 print(f"BENCH start {time.time():.6f}", flush=True)
+first = not os.path.exists("started-once")
+open("started-once", "w").close()
+time.sleep(6.0 if first else 1.0)
 print(f"BENCH exit {time.time():.6f}", flush=True)
 sys.exit(1)
 """
@@ -81,10 +90,11 @@ def torchrun(folder: Path, restarts: int) -> dict[str, Any]:
     return {"gaps": _gaps(starts, exits), "attempts": len(starts), "wall_s": wall}
 
 
-def trainsup(folder: Path, restarts: int) -> dict[str, Any]:
+def trainsup(folder: Path, restarts: int, standby: bool = True) -> dict[str, Any]:
     spec = common.write_job(
-        folder, "restart-bench", [common.PYTHON, "job.py"],
+        folder, "restart-bench", [common.PYTHON, "job.py"], workdir=str(folder),
         restart={"max_restarts": restarts, "initial": "0s", "max": "0s", "jitter": 0, "crash_loop": 0},
+        standby=standby,
     )
     with common.Daemon(folder / "state") as daemon:
         started = time.perf_counter()
@@ -105,12 +115,15 @@ def trainsup(folder: Path, restarts: int) -> dict[str, Any]:
     for attempt in attempts:
         run_dir = Path(attempt["run_dir"])
         starts, exits = _marks(Path(attempt["log_path"]).read_text())
+        started = _read(run_dir / "started.json") or {}
         rows.append({
             "number": attempt["number"],
             "start": starts[0] if starts else None,
             "exit": exits[-1] if exits else None,
-            "monitor_created": _precise(attempt["monitor_started"], boot_offset),
-            "job_forked": (_read(run_dir / "started.json") or {}).get("started_at"),
+            # a standby's monitor exists long before: its attempt begins when it is activated
+            "monitor_created": started.get("activated_at") or _precise(attempt["monitor_started"], boot_offset),
+            "job_forked": started.get("started_at"),
+            "standby": started.get("standby"),
             "monitor_recorded_end": (_read(run_dir / "ended.json") or {}).get("ended_at"),
             "daemon_recorded_end": ended_event.get(attempt["number"]),
         })
@@ -127,7 +140,8 @@ def trainsup(folder: Path, restarts: int) -> dict[str, Any]:
         phases["spawn"].append(nxt["start"] - nxt["monitor_created"])
         phases["monitor"].append(nxt["job_forked"] - nxt["monitor_created"])
         phases["job"].append(nxt["start"] - nxt["job_forked"])
-    return {"gaps": phases["total"], "attempts": len(rows), "wall_s": wall, "phases": phases}
+    used = sum(row["standby"] == "used" for row in rows)
+    return {"gaps": phases["total"], "attempts": len(rows), "wall_s": wall, "phases": phases, "standby_used": used}
 
 
 def _boot_time_error() -> float:
@@ -151,9 +165,10 @@ def _read(path: Path) -> dict | None:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    restarts = 10 if quick else 20
+    restarts = 5 if quick else 10
     rounds = 2 if quick else 3
-    runners = (("shell loop", shell_loop), ("trainsup", trainsup), ("torchrun", torchrun))
+    runners = (("shell loop", shell_loop), ("trainsup", trainsup),
+               ("trainsup (no standby)", lambda folder, n: trainsup(folder, n, standby=False)), ("torchrun", torchrun))
     results: dict[str, Any] = {name: {"gaps": [], "attempts": 0, "wall_s": 0.0, "phases": {}} for name, _ in runners}
     with common.workdir("restart") as tmp:
         for round_ in range(rounds):  # interleaved, so load from elsewhere hits all three alike
@@ -173,6 +188,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 total = results[name]
                 total["gaps"] += one["gaps"]
                 total["attempts"] += one["attempts"]
+                total["standby_used"] = total.get("standby_used", 0) + one.get("standby_used", 0)
                 total["wall_s"] += one["wall_s"]
                 for phase, values in one.get("phases", {}).items():
                     total["phases"].setdefault(phase, []).extend(values)
@@ -183,16 +199,24 @@ def run(quick: bool = False) -> dict[str, Any]:
             continue
         figures[name] = {**common.summary(result["gaps"], 1000.0), "attempts": result["attempts"],
                          "wall_s": result["wall_s"]}
+        if name.startswith("trainsup"):
+            figures[name]["standby_used"] = result.get("standby_used", 0)
     breakdown = {}
-    if "phases" in results.get("trainsup", {}):
-        breakdown = {phase: common.summary(values, 1000.0)
-                     for phase, values in results["trainsup"]["phases"].items() if phase != "total"}
+    for name in ("trainsup", "trainsup (no standby)"):
+        if "phases" not in results.get(name, {}):
+            continue
+        breakdown[name] = {phase: common.summary(values, 1000.0)
+                           for phase, values in results[name]["phases"].items() if phase != "total"}
+    if breakdown:
         breakdown["note"] = ("detect = reap (job exit → monitor's ended.json) + notice (→ daemon step); "
                              "decide = daemon step → next monitor process exists; "
                              "spawn = monitor (start Python, lock, fork job, fsync started.json) + job (→ first line)")
     floor = figures.get("shell loop", {}).get("median")
     ratios = {f"{name} / shell loop": common.ratio(figures[name].get("median"), floor)
-              for name in ("trainsup", "torchrun") if name in figures}
+              for name in ("trainsup", "trainsup (no standby)", "torchrun") if name in figures}
+    ratios["trainsup − shell loop (ms)"] = (figures["trainsup"]["median"] - floor
+                                           if floor is not None and figures.get("trainsup", {}).get("median") is not None
+                                           else None)
     ratios["trainsup / torchrun"] = common.ratio(figures.get("trainsup", {}).get("median"),
                                                  figures.get("torchrun", {}).get("median"))
     return {

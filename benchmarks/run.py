@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--json PATH] [--only NAME,...]
 
-NAMEs: cli, restart, overhead, checkpoint, resume, goodput, hang (in that order, the
+NAMEs: cli, restart, first_step, overhead, checkpoint, resume, goodput, hang (in that order, the
 order they run). `--quick` shrinks repetitions and sizes (about 3 minutes on 2 idle
 cores; the full run about 12). Each figure compares trainsup with what a user would
 use instead, measured in the same run on the same machine: medians of several runs,
@@ -30,8 +30,9 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-ORDER = ["cli", "restart", "overhead", "checkpoint", "resume", "goodput", "hang"]
-MODULES = {"cli": "bench_cli", "restart": "bench_restart", "overhead": "bench_daemon_overhead",
+ORDER = ["cli", "restart", "first_step", "overhead", "checkpoint", "resume", "goodput", "hang"]
+MODULES = {"cli": "bench_cli", "restart": "bench_restart", "first_step": "bench_first_step",
+           "overhead": "bench_daemon_overhead",
            "resume": "bench_resume", "goodput": "bench_goodput", "hang": "bench_hang"}
 
 
@@ -87,12 +88,12 @@ def figure_runner(name: str) -> Callable[[bool], dict[str, Any]]:
 
 # --- the table ---------------------------------------------------------------------
 
-def _f(value: Any, digits: int = 0, unit: str = "") -> str:
+def _f(value: Any, digits: int = 0, unit: str = "", signed: bool = False) -> str:
     if value is None:
         return "–"
     if isinstance(value, str):
         return value
-    return f"{value:,.{digits}f}{unit}"
+    return f"{value:{'+' if signed else ''},.{digits}f}{unit}"
 
 
 def _x(value: Any) -> str:
@@ -116,16 +117,35 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
     elif name == "restart":
         s = fig["supervisors"]
         ts, tr, sh = s.get("trainsup", {}), s.get("torchrun", {}), s.get("shell loop", {})
-        b = fig.get("trainsup_breakdown", {})
-        split = ", ".join(f"{k} {_f(b[k]['median'], 0)}" for k in ("detect", "decide", "spawn") if k in b)
-        out.append(("Restart latency", "death → next first line",
+        fresh = s.get("trainsup (no standby)", {})
+        out.append(("Restart latency", "death → next first line (standby)",
                     _f(ts.get("median"), 0, " ms") if "error" not in ts else ts["error"][:60],
                     f"torchrun {_f(tr.get('median'), 0, ' ms') if 'error' not in tr else tr['error'][:60]}; "
                     f"shell loop {_f(sh.get('median'), 0, ' ms')}",
                     f"{_x(fig['ratios'].get('trainsup / torchrun'))} torchrun, "
-                    f"{_x(fig['ratios'].get('trainsup / shell loop'))} loop"))
-        if split:
-            out.append(("", "trainsup split (ms)", split, "", ""))
+                    f"loop {_f(fig['ratios'].get('trainsup − shell loop (ms)'), 0, ' ms', signed=True)}"))
+        out.append(("", "same, `standby: false`", _f(fresh.get("median"), 0, " ms") if "error" not in fresh
+                    else fresh["error"][:60], "", f"{_x(fig['ratios'].get('trainsup (no standby) / shell loop'))} loop"))
+        for who, b in fig.get("trainsup_breakdown", {}).items():
+            if isinstance(b, dict):
+                split = ", ".join(f"{k} {_f(b[k]['median'], 0)}" for k in ("detect", "decide", "spawn") if k in b)
+                out.append(("", f"{who} split (ms)", split, "", ""))
+    elif name == "first_step":
+        s = fig["supervisors"]
+        ours, fresh = s.get("trainsup (standby)", {}), s.get("trainsup (no standby)", {})
+        tr, sh = s.get("torchrun", {}), s.get("shell loop", {})
+
+        def ms(entry: dict[str, Any]) -> str:
+            return entry["error"][:60] if "error" in entry else _f(entry.get("median"), 0, " ms")
+
+        out.append(("Death → first training step", f"example job, {fig['kills']} SIGKILLs, standby", ms(ours),
+                    f"no standby {ms(fresh)}; torchrun {ms(tr)}; shell loop {ms(sh)}",
+                    f"{_x(fig['ratios'].get('standby / torchrun'))} torchrun, "
+                    f"{_x(fig['ratios'].get('standby / no standby'))} no standby"))
+        if "standby_rss_mib" in ours:
+            out.append(("", "standby's cost while it waits",
+                        f"{_f(ours['standby_rss_mib'], 0, ' MiB')} RSS, {_f(ours.get('standby_cpu_s'), 1, ' s')} CPU",
+                        f"used for {ours.get('standby_used')} of {ours.get('restarts')} restarts", ""))
     elif name == "overhead":
         t = fig.get("totals")
         ts = fig.get("trainsup", {})

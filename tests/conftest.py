@@ -21,6 +21,11 @@ def state_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TRAINSUP_HOME"] = str(tmp_path / "state")
     env.pop("NOTIFY_SOCKET", None)
+    # Warm standbys off unless a job asks (tests/test_standby.py does): each one imports torch
+    # again beside the job, and the suite runs many torch jobs at once on 2 cores.
+    config = tmp_path / "trainsup-config.yaml"
+    config.write_text("standby: false\n")
+    env["TRAINSUP_CONFIG"] = str(config)
     return env
 
 

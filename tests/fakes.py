@@ -26,6 +26,8 @@ from trainsup.supervisor.attempts import Attempts
 from trainsup.supervisor.gpus import GpuBook
 from trainsup.supervisor.intake import Intake
 from trainsup.supervisor.launcher import LaunchPlan, MonitorHandle, write_launch_file
+from trainsup.supervisor.standby import Standby
+from trainsup.supervisor.standby_process import python_entry
 
 T0 = 1_800_000_000.0
 
@@ -56,6 +58,8 @@ class FakeLauncher:
     findable: dict[str, tuple[int, float]] = field(default_factory=dict)
     fail_with: OSError | None = None
     next_pid: int = 40_000
+    standbys: list[Standby] = field(default_factory=list)  # every standby started
+    activated: list[Standby] = field(default_factory=list)  # those that became an attempt
 
     def start(self, plan: LaunchPlan) -> MonitorHandle:
         if self.fail_with is not None:
@@ -81,6 +85,24 @@ class FakeLauncher:
 
     def kill_orphaned_job(self, run_dir: Path) -> None:
         self.orphans_killed.append(run_dir)
+
+    def start_standby(self, plan: LaunchPlan) -> Standby | None:
+        if python_entry(plan.command) is None:
+            return None
+        pid = self.next_pid
+        self.next_pid += 1
+        self.alive[pid] = True
+        standby = Standby(plan.job.id, plan.number, plan.run_dir, pid, float(pid), control_fd=None)
+        self.standbys.append(standby)
+        return standby
+
+    def activate(self, standby: Standby, plan: LaunchPlan) -> MonitorHandle:
+        if not self.alive.get(standby.pid):
+            raise OSError("the standby is gone")
+        write_launch_file(plan)
+        self.plans.append(plan)
+        self.activated.append(standby)
+        return MonitorHandle(standby.pid, standby.started)
 
 
 @dataclass

@@ -241,6 +241,25 @@ class ResumeArgs(_Strict):
         return pattern
 
 
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class StandbySpec(_Strict):
+    """A warm standby (docs/standby.md): while an attempt runs, an interpreter with
+    the job's environment has already imported `preload` and waits to become the next
+    attempt, so a restart skips the imports. `standby: false` turns it off."""
+
+    enabled: bool = True
+    # None: the installed packages the script imports at its top level (torch, lightning, …)
+    preload: list[Annotated[str, Field(pattern=f"^{MODULE_NAME.pattern}$", max_length=200)]] | None = \
+        Field(default=None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bool_is_enabled(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
 class NotifySpec(_Strict):
     """Who is told when the job ends or restarts (docs/job-spec.md#notify). Never fatal."""
 
@@ -289,6 +308,7 @@ class JobSpec(_Strict):
     heartbeat: HeartbeatPolicy = Field(default_factory=HeartbeatPolicy)
     on_boot: Literal["resume", "hold"] = "resume"
     resume: ResumeArgs | None = None
+    standby: StandbySpec | None = None  # None: the user's default (`standby:` in the config file), else on
     notify: NotifySpec | None = None  # None: the user's default (notifier.user_default)
 
     @model_validator(mode="after")

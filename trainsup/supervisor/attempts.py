@@ -35,8 +35,14 @@ from trainsup.supervisor.notifier import Notifier
 from trainsup.supervisor.observation import Observation, observe, spawn_failure
 from trainsup.supervisor.placement import gpu_env
 from trainsup.supervisor.policy import Action, Decision, decide, records_of
+from trainsup.supervisor.standby import Standby, standby_of
 
 log = structlog.get_logger("trainsup.attempts")
+
+# A standby for a fresh attempt starts once the job is past its own imports, not during them.
+STANDBY_AFTER_S = 5.0
+# States in which a job will (or may) start another attempt: its standby is kept.
+STANDBY_STATES = frozenset({JobState.RUNNING, JobState.STARTING, JobState.QUEUED, JobState.BACKOFF})
 
 TARGET_STATE = {
     Action.SUCCEED: JobState.SUCCEEDED,
@@ -63,6 +69,7 @@ class Attempts:
         self.rng = rng or random.Random()
         self.notifier = notifier or Notifier()
         self.live: dict[str, LiveAttempt] = {}
+        self.standbys: dict[str, Standby] = {}  # job id → the standby for its next attempt
         self.cgroups_to_remove: list[Path] = []
         self.records_due: list[Path] = []  # run dirs whose record.json is gathered at the next poll
 
@@ -82,7 +89,7 @@ class Attempts:
             self.gpus.release_after(job.id, set(), self.clock.monotonic())  # granted, never used
             raise
         try:
-            monitor = self.launcher.start(plan)
+            monitor = self._launch(plan)
         except OSError as exc:
             if is_disk_full(exc):
                 self.watch_attempt(attempt, MonitorHandle(pid=None, started=None))
@@ -95,20 +102,27 @@ class Attempts:
         # On a full disk this waits for _note_started, which records the monitor too.
         self.store.update_attempt(job.id, attempt.number, monitor_pid=monitor.pid, monitor_started=monitor.started)
 
+    def _launch(self, plan: LaunchPlan) -> MonitorHandle:
+        """The job's standby becomes the attempt if it waits for this one; else a fresh monitor."""
+        standby = self.standbys.pop(plan.job.id, None)
+        if standby is not None:
+            if standby.run_dir == plan.run_dir:
+                try:
+                    return self.launcher.activate(standby, plan)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise
+                    log.info("standby not used", job=plan.job.id, attempt=plan.number, error=str(exc))
+            standby.drop()
+        return self.launcher.start(plan)
+
     def _record_start(self, job: Job, gpu_uuids: list[str], now: float) -> tuple[Attempt, LaunchPlan]:
         number = len(self.store.attempts(job.id)) + 1
         batch = self._batch_for(job)
         resume = job.spec.resume
         found = newest_checkpoint(Path(job.checkpoint_dir), resume.checkpoint if resume else None)
         resume_args = _resume_args(job, found)
-        plan = LaunchPlan(
-            job=job, number=number,
-            run_dir=self.state.run_dir(job.id, number),
-            log_path=self.state.attempt_log(job.id, number),
-            command=[*job.spec.command, *resume_args],
-            batch_env=batch.to_env() if batch else {},
-            gpu_env=gpu_env(gpu_uuids) if gpu_uuids else {},
-        )
+        plan = self._plan(job, number, batch, resume_args, gpu_uuids)
         attempt = Attempt(
             job_id=job.id, number=number, run_dir=str(plan.run_dir), log_path=str(plan.log_path),
             boot_id=self.boot_id, started_at=now, monitor_pid=None, monitor_started=None,
@@ -123,6 +137,17 @@ class Attempts:
             self.store.set_state(job.id, JobState.QUEUED, JobState.STARTING, now, "attempt_started", message)
         prune_attempts(self.state.job_dir(job.id), number, keep_attempts())
         return attempt, plan
+
+    def _plan(self, job: Job, number: int, batch: Batch | None, resume_args: list[str],
+              gpu_uuids: list[str]) -> LaunchPlan:
+        return LaunchPlan(
+            job=job, number=number,
+            run_dir=self.state.run_dir(job.id, number),
+            log_path=self.state.attempt_log(job.id, number),
+            command=[*job.spec.command, *resume_args],
+            batch_env=batch.to_env() if batch else {},
+            gpu_env=gpu_env(gpu_uuids) if gpu_uuids else {},
+        )
 
     def watch_attempt(self, attempt: Attempt, monitor: MonitorHandle) -> LiveAttempt:
         """Watch an attempt: one this daemon just started, or one it re-adopts."""
@@ -186,7 +211,8 @@ class Attempts:
             return
         job_pid = started["job_pid"]
         job = self.store.job(live.job_id)
-        message = f"attempt {live.number} running as pid {job_pid}"
+        live.warm = started.get("standby") == "used"
+        message = f"attempt {live.number} running as pid {job_pid}" + _standby_note(started.get("standby"))
         with self.store.transaction():
             self.store.update_attempt(live.job_id, live.number, job_pid=job_pid, monitor_pid=live.monitor.pid,
                                       monitor_started=live.monitor.started)
@@ -225,6 +251,39 @@ class Attempts:
                 hangs.kill_hung(live.run_dir, live.job_pid, verdict)
             if live.gpu_uuids:
                 self._sample_gpu_memory(live)
+
+    def prepare_standbys(self, now: float) -> None:
+        """A warm standby for each running job that has none (docs/standby.md);
+        standbys of jobs that will not start again are dropped."""
+        for job_id in [j for j in self.standbys if j not in self.live]:
+            if self.store.job(job_id).state not in STANDBY_STATES:
+                self.drop_standby(job_id)
+        for live in self.live.values():
+            if live.standby_tried or not live.started_seen or live.job_id in self.standbys:
+                continue
+            if not live.warm and now - live.started_at < STANDBY_AFTER_S:
+                continue  # a fresh job is importing what the standby would: do not compete
+            live.standby_tried = True
+            job = self.store.job(live.job_id)
+            if not standby_of(job.spec).enabled or job.state is not JobState.RUNNING:
+                continue
+            plan = self._plan(job, live.number + 1, job.batch, [], [])
+            try:
+                standby = self.launcher.start_standby(plan)
+            except OSError as exc:
+                log.warning("no standby", job=job.id, error=str(exc))
+                continue
+            if standby is not None:
+                self.standbys[job.id] = standby
+
+    def drop_standby(self, job_id: str) -> None:
+        standby = self.standbys.pop(job_id, None)
+        if standby is not None:
+            standby.drop()
+
+    def drop_standbys(self) -> None:
+        for job_id in list(self.standbys):
+            self.drop_standby(job_id)
 
     def _sample_gpu_memory(self, live: LiveAttempt) -> None:
         pids = process_tree(live.job_pid)
@@ -321,6 +380,8 @@ class Attempts:
         target = TARGET_STATE[decision.action]
         self.store.set_state(job.id, current, target, now, "decision", message, stop_requested=None,
                              result=decision.message if target.is_terminal else None)
+        if target not in STANDBY_STATES:
+            self.drop_standby(job.id)
 
     def _quarantine(self, job: Job, name: str, now: float) -> None:
         try:
@@ -362,6 +423,13 @@ def _start_message(number: int, found: FoundCheckpoint | None, resume_args: list
     if gpu_uuids:
         parts.append(f"GPUs {','.join(gpu_uuids)}")
     return f"attempt {number} starting ({'; '.join(parts)})"
+
+
+def _standby_note(standby: str | None) -> str:
+    """What started.json says of the standby, for the `attempt_running` event."""
+    if standby is None:
+        return ""
+    return " (its warm standby)" if standby == "used" else f" (standby {standby})"
 
 
 def _backoff_message(old: Batch | None, new: Batch) -> str:

@@ -150,6 +150,8 @@ class Daemon:
             wrote &= self._try(self.intake.ingest_all, now)
             wrote &= self._try(self.attempts.poll, now)
             wrote &= self._try(self.attempts.watch, now)
+            if not self.shutdown_requested:
+                self._try(self.attempts.prepare_standbys, now)
             self.gpus.settle_releases(self.clock.monotonic())
             wrote &= self._try(self._release_backoffs, now)
             if wrote and self.disk_full_since is not None:
@@ -291,6 +293,7 @@ class Daemon:
         """Ask every job to checkpoint and stop; wait for them within their grace periods."""
         live_jobs = [self.store.job(job_id) for job_id in self.attempts.live]
         self.notifier.stopping()
+        self.attempts.drop_standbys()
         grace = max((j.spec.grace_period for j in live_jobs), default=0.0)
         self.notifier.extend_timeout(grace + SHUTDOWN_MARGIN_S)
         log.info("shutting down", running=len(live_jobs), grace_period=grace)

@@ -36,7 +36,8 @@ from trainsup.contracts import (
 )
 from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.store import Job
-from trainsup.supervisor import cgroup, host
+from trainsup.supervisor import cgroup, host, standby
+from trainsup.supervisor.standby import Standby
 
 log = structlog.get_logger("trainsup.launcher")
 
@@ -97,6 +98,13 @@ class Launcher(Protocol):
 
     def stop(self, monitor: MonitorHandle) -> None:
         """Ask the monitor to stop its job (stop signal, SIGKILL after the grace period)."""
+
+    def start_standby(self, plan: LaunchPlan) -> Standby | None:
+        """A warm standby that can become attempt `plan.number`; None if the command cannot have one.
+        Raises OSError if it cannot be started."""
+
+    def activate(self, standby: Standby, plan: LaunchPlan) -> MonitorHandle:
+        """Write the launch file and make the standby the attempt. Raises OSError if it is gone."""
 
     def kill_orphaned_job(self, run_dir: Path) -> None:
         """The monitor is gone; kill a job it started that may still run."""
@@ -172,6 +180,19 @@ class ProcessLauncher:
     def attach(self, pid: int, started: float | None) -> MonitorHandle:
         return MonitorHandle(pid, started, host.open_pidfd(pid))
 
+    def start_standby(self, plan: LaunchPlan) -> Standby | None:
+        spec = plan.job.spec
+        return standby.start_standby(plan.run_dir.parent, plan.job.id, plan.number, plan.run_dir, plan.command,
+                                     str(spec.workdir) if spec.workdir else None, attempt_environment(plan),
+                                     standby.standby_of(spec).preload)
+
+    def activate(self, waiting: Standby, plan: LaunchPlan) -> MonitorHandle:
+        if not host.is_same_process(waiting.pid, waiting.started):
+            raise OSError(f"the standby for attempt {waiting.number} is gone")
+        write_launch_file(plan, _make_cgroup(plan))
+        standby.activate(waiting)
+        return MonitorHandle(waiting.pid, waiting.started, host.open_pidfd(waiting.pid), waiting.process)
+
     def is_alive(self, pid: int | None, started: float | None) -> bool:
         return host.is_same_process(pid, started)
 
@@ -194,7 +215,8 @@ class ProcessLauncher:
             return
         pid = started["job_pid"]
         created = host.create_time(pid)
-        if created is None or abs(created - started["started_at"]) > 2.0:
+        # A standby's process was created before the attempt started: its create time is recorded.
+        if created is None or abs(created - (started.get("job_created_at") or started["started_at"])) > 2.0:
             return
         try:
             os.killpg(started["pgid"], signal.SIGKILL)

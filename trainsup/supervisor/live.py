@@ -29,3 +29,5 @@ class LiveAttempt:
     hung: bool = False
     peak_gpu_memory: int = 0
     seen_pids: set[int] = field(default_factory=set)
+    warm: bool = False  # its job was a warm standby (started.json says so)
+    standby_tried: bool = False  # a standby for the next attempt was started (or cannot be)

@@ -12,23 +12,39 @@ RUN_DIR/launch.json holds: command, cwd, env, log_path, lock_path, grace_period,
 stop_signal, cgroup. SIGTERM to the monitor = stop the job: its `stop_signal` to the
 job's main process only (its children, e.g. DataLoader workers or torchrun's workers,
 are its business), SIGKILL to the whole tree after the grace period.
+
+A warm standby for the attempt that would follow the running one:
+
+    python -m trainsup.supervisor.monitor --standby STANDBY_DIR RUN_DIR CONTROL_FD
+
+starts the job's interpreter on `standby_process.py` with what STANDBY_DIR/standby.json
+says (the job's interpreter and options, cwd, environment, what to preload) and waits.
+A line `activate` on CONTROL_FD (a pipe from the daemon) means RUN_DIR/launch.json is
+written: from then on it is that attempt's monitor, and the waiting process becomes the
+job unless it says it is stale. End of file on CONTROL_FD (the daemon dropped the
+standby, or died) ends it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trainsup.contracts import (
     ENDED_FILE,
     LAUNCH_FILE,
+    MONITOR_LOG,
     STARTED_FILE,
     EndedRecord,
     open_lock_file,
@@ -42,12 +58,20 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOCK_POLL_S = 0.1
 LEFTOVER_GRACE_S = 3.0
 DISK_FULL_RETRY_S = 1.0
+STANDBY_FILE = "standby.json"  # daemon → standby monitor: interpreter, cwd, env, preload, command
+STANDBY_LOG = "standby.log"  # what the standby process printed while it preloaded
+STANDBY_READY_WAIT_S = 120.0  # a standby still importing is still ahead of a fresh start
+STANDBY_REPLY_WAIT_S = 10.0
+STANDBY_PROCESS = Path(__file__).with_name("standby_process.py")
 
 
 class AttemptMonitor:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, standby: bool = False):
         self.run_dir = run_dir
-        self.launch = read_json(run_dir / LAUNCH_FILE)
+        self.launch = {} if standby else read_json(run_dir / LAUNCH_FILE)  # a standby's comes when activated
+        self.warm: WarmProcess | None = None  # a standby's process, until it becomes the job
+        self.standby_note: str | None = None  # for started.json: whether the standby became the job
+        self.activated_at: float | None = None  # when the daemon made this standby the attempt
         self.stop_requested_at: float | None = None
         self.killed_after_grace = False
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -65,8 +89,15 @@ class AttemptMonitor:
             self.stop_requested_at = time.monotonic()
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.warm is not None:  # never handed over: the job did not start
+                self.warm.kill()
+
+    def _run(self) -> int:
         _become_subreaper()
-        _join_cgroup(self.launch.get("cgroup"))
+        _join_cgroup(self.launch.get("cgroup"), [self.warm.process.pid] if self.warm else [])
         try:
             lock_fd = self._acquire_lock()
         except OSError as exc:  # e.g. a `.lock` planted as a symlink: one sentence, no retry can fix it
@@ -105,7 +136,8 @@ class AttemptMonitor:
     def _spawn(self, lock_fd: int) -> subprocess.Popen:
         log = os.open(self.launch["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            job = subprocess.Popen(
+            job = self._hand_over(log, lock_fd) if self.warm is not None else None
+            job = job or subprocess.Popen(
                 self.launch["command"],
                 cwd=self.launch["cwd"],
                 env=self.launch["env"],
@@ -122,9 +154,52 @@ class AttemptMonitor:
             os.close(log)
         self._write_record(
             STARTED_FILE,
-            {"job_pid": job.pid, "pgid": job.pid, "monitor_pid": os.getpid(), "started_at": time.time()},
+            {"job_pid": job.pid, "pgid": job.pid, "monitor_pid": os.getpid(), "started_at": time.time(),
+             "job_created_at": _create_time(job.pid), "standby": self.standby_note,
+             "activated_at": self.activated_at},
         )
         return job
+
+    # --- a warm standby -------------------------------------------------------
+
+    def wait_for_activation(self, control_fd: int) -> bool:
+        """As a standby: True once the daemon activates us, False if it drops us (or dies)."""
+        while self.stop_requested_at is None:
+            watched = [self.wake_read, control_fd] + ([self.warm.sock] if self.warm and self.warm.sock else [])
+            readable, _, _ = select.select(watched, [], [], 1.0)
+            self._sleep(0)
+            if self.warm is not None:
+                if self.warm.sock in readable:
+                    self.warm.read_messages()
+                self.warm.reap()
+            if control_fd in readable:
+                line = os.read(control_fd, 64)
+                os.close(control_fd)
+                self.activated_at = time.time()
+                return line.startswith(b"activate")
+        return False
+
+    def activate(self) -> None:
+        """Become the monitor of `run_dir`, whose launch file the daemon just wrote."""
+        log = os.open(self.run_dir / MONITOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        self.launch = read_json(self.run_dir / LAUNCH_FILE)
+
+    def _hand_over(self, log_fd: int, lock_fd: int) -> subprocess.Popen | None:
+        """The standby becomes the job; None (and why, in `standby_note`) if it cannot."""
+        warm, self.warm = self.warm, None
+        why = warm.wait_ready(STANDBY_READY_WAIT_S, lambda: self.stop_requested_at is not None)
+        if why is None:
+            payload = {"command": self.launch["command"], "cwd": self.launch["cwd"], "env": self.launch["env"]}
+            why = warm.activate(payload, [log_fd, lock_fd])
+        if why is None:
+            self.standby_note = "used"
+            return warm.process
+        self.standby_note = f"not used: {why}"
+        warm.kill()
+        return None
 
     def _wait(self, job: subprocess.Popen) -> int:
         """Wait for the job's main process; handle stop requests meanwhile."""
@@ -214,13 +289,133 @@ def _become_subreaper() -> None:
         pass  # not Linux: orphans go to init, the process group still covers most
 
 
-def _join_cgroup(cgroup: str | None) -> None:
-    """Enter the job's memory cgroup before starting the job, so the job starts inside it."""
+class WarmProcess:
+    """The standby process (`standby_process.py`) this monitor started and talks to."""
+
+    def __init__(self, process: subprocess.Popen, sock: socket.socket):
+        self.process = process
+        self.sock: socket.socket | None = sock
+        self.ready = False
+        self.failure: str | None = None
+        self.buffer = b""
+
+    @classmethod
+    def start(cls, standby_dir: Path) -> "WarmProcess":
+        plan = read_json(standby_dir / STANDBY_FILE)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log = os.open(standby_dir / STANDBY_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            process = subprocess.Popen(
+                [*plan["interpreter"], str(STANDBY_PROCESS), str(theirs.fileno()),
+                 json.dumps(plan["preload"]), json.dumps(plan["command"])],
+                cwd=plan["cwd"], env=plan["env"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                process_group=0, pass_fds=(theirs.fileno(),), restore_signals=True,
+            )
+        finally:
+            os.close(log)
+            theirs.close()
+        return cls(process, ours)
+
+    def read_messages(self) -> None:
+        """Take what the standby said: `ready {…}` or `failed …`; end of stream: it is gone."""
+        data = self.sock.recv(65536) if self.sock else b""
+        if not data:
+            self._lost("it exited while it waited")
+            return
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            text = line.decode(errors="replace")
+            if text.startswith("ready"):
+                self.ready = True
+                print(f"trainsup monitor: standby ready: {text[6:]}", flush=True)
+            else:
+                self._lost(text.removeprefix("failed ").strip() or "it failed")
+
+    def reap(self) -> None:
+        if self.failure is None and self.process.poll() is not None:
+            self._lost(f"it exited with status {self.process.returncode} while it waited")
+
+    def wait_ready(self, timeout: float, give_up: Callable[[], bool]) -> str | None:
+        """None once ready; else why not (it failed, it took too long, a stop came)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.failure is None:
+            if give_up():
+                return "a stop was requested"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "it was still preloading"
+            readable, _, _ = select.select([self.sock], [], [], min(left, 0.5))
+            if readable:
+                self.read_messages()
+        return self.failure
+
+    def activate(self, payload: dict, fds: list[int]) -> str | None:
+        """Send the attempt's command and environment with its log and lock; None if it took them."""
+        try:
+            data = json.dumps(payload).encode()
+            socket.send_fds(self.sock, [data[:65536]], fds)
+            self.sock.sendall(data[65536:])
+            self.sock.shutdown(socket.SHUT_WR)
+            reply = self._reply(STANDBY_REPLY_WAIT_S)
+        except OSError as exc:
+            return f"it could not be reached ({exc.strerror or exc})"
+        if reply == "go":
+            self.sock.close()
+            self.sock = None
+            return None
+        return reply.removeprefix("stale ") or "it did not answer"
+
+    def _reply(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                break
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.buffer += data
+        return self.buffer.partition(b"\n")[0].decode(errors="replace").strip()
+
+    def _lost(self, why: str) -> None:
+        self.failure = self.failure or why
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def kill(self) -> None:
+        _signal_group(self.process.pid, signal.SIGKILL)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _create_time(pid: int) -> float | None:
+    """When `pid` started, in seconds since the epoch, as `psutil.Process.create_time` says it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rpartition(b")")[2].split()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _join_cgroup(cgroup: str | None, pids: list[int]) -> None:
+    """Enter the job's memory cgroup before starting the job, so the job starts inside it
+    (a standby process that becomes the job is moved in with us)."""
     if not cgroup:
         return
     try:
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
-            handle.write(str(os.getpid()))
+        for pid in [os.getpid(), *pids]:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+                handle.write(str(pid))
     except OSError as exc:
         print(f"trainsup monitor: cannot join cgroup {cgroup}: {exc}", file=sys.stderr)
 
@@ -283,7 +478,28 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def run_standby(standby_dir: Path, run_dir: Path, control_fd: int) -> int:
+    """Wait as a standby; run the attempt once activated. The standby dir goes either way."""
+    _become_subreaper()
+    monitor = AttemptMonitor(run_dir, standby=True)  # first: its process must not inherit blocked stop signals
+    try:
+        monitor.warm = WarmProcess.start(standby_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"trainsup monitor: no standby process: {exc}", flush=True)
+        monitor.standby_note = "not used: it could not be started"
+    if not monitor.wait_for_activation(control_fd):
+        if monitor.warm is not None:
+            monitor.warm.kill()
+        shutil.rmtree(standby_dir, ignore_errors=True)
+        return 0
+    monitor.activate()
+    shutil.rmtree(standby_dir, ignore_errors=True)  # open files (its log) live on
+    return monitor.run()
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--standby":
+        return run_standby(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
     if len(sys.argv) != 2:
         print("usage: python -m trainsup.supervisor.monitor RUN_DIR", file=sys.stderr)
         return 2

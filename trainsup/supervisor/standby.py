@@ -1,0 +1,139 @@
+"""Warm standbys, the daemon's side: one per running job, ready to become its next attempt.
+
+While attempt N runs, the daemon starts a monitor in standby mode for attempt N+1
+(`monitor.py --standby`). Its process has already imported what the job imports and
+waits; when N ends and the decision is to restart, `activate()` writes N+1's launch file
+and says `activate` on the standby's control pipe, and the standby becomes the attempt
+in milliseconds instead of seconds. The pipe is the standby's lifeline: closing it (the
+job finished, was held or cancelled, or the daemon stopped or died) ends the standby.
+
+Only for `python script.py` and `python -m module` commands (`standby_process.python_entry`);
+never with CUDA initialised (the standby refuses to become a job if its preload did).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from trainsup.contracts import clean_child_env
+from trainsup.durable import make_dirs, write_json_atomic
+from trainsup.jobs.spec import JobSpec, StandbySpec
+from trainsup.supervisor import host
+from trainsup.supervisor.monitor import STANDBY_FILE, STOP_SIGNALS
+from trainsup.supervisor.standby_process import python_entry
+from trainsup.userconfig import UserConfigError, config_path, read_config
+
+log = structlog.get_logger("trainsup.standby")
+
+STANDBY_DIR_PREFIX = "standby-"
+
+
+@dataclass
+class Standby:
+    """A standby monitor waiting to become attempt `number` of `job_id` (its run dir `run_dir`)."""
+
+    job_id: str
+    number: int
+    run_dir: Path
+    pid: int
+    started: float | None  # its create time: with the pid, its identity
+    control_fd: int | None  # the write end of its lifeline
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def drop(self) -> None:
+        """End the standby: it sees the end of its pipe, kills its process and exits."""
+        if self.control_fd is not None:
+            os.close(self.control_fd)
+            self.control_fd = None
+        if self.process is not None:
+            self.process.poll()
+
+
+def standby_of(spec: JobSpec) -> StandbySpec:
+    """The job's `standby:`, else the user's default (`standby:` in the config file), else on."""
+    if spec.standby is not None:
+        return spec.standby
+    path = config_path()
+    try:
+        section = read_config(path).get("standby")
+    except UserConfigError as exc:
+        log.warning("cannot use the trainsup config", path=str(path), error=str(exc))
+        return StandbySpec()
+    if section is None:
+        return StandbySpec()
+    try:
+        return StandbySpec.model_validate(section)
+    except ValidationError as exc:
+        log.warning("the standby setting of the trainsup config is not valid", path=str(path), error=str(exc))
+        return StandbySpec()
+
+
+def standby_dir(job_dir: Path, number: int) -> Path:
+    return job_dir / f"{STANDBY_DIR_PREFIX}{number}"
+
+
+def start_standby(job_dir: Path, job_id: str, number: int, run_dir: Path, command: list[str], cwd: str | None,
+                  env: dict[str, str], preload: list[str] | None) -> Standby | None:
+    """Start a standby monitor for attempt `number`; None if the command cannot have one.
+
+    Raises:
+        OSError: the standby dir or the process could not be made.
+    """
+    if python_entry(command) is None:
+        return None
+    remove_leftovers(job_dir)
+    directory = standby_dir(job_dir, number)
+    make_dirs(directory, 0o700)
+    write_json_atomic(directory / STANDBY_FILE, {
+        "interpreter": python_entry(command).interpreter, "command": command, "cwd": cwd,
+        "env": env, "preload": preload,
+    })
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    monitor_log = os.open(directory / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # as for any monitor (launcher.py)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainsup.supervisor.monitor", "--standby", str(directory), str(run_dir),
+             str(read_end)],
+            stdin=subprocess.DEVNULL, stdout=monitor_log, stderr=monitor_log, start_new_session=True,
+            pass_fds=(read_end,), env=clean_child_env(os.environ),
+        )
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        os.close(read_end)
+        os.close(monitor_log)
+    log.info("standby started", job=job_id, attempt=number, pid=process.pid)
+    return Standby(job_id, number, run_dir, process.pid, host.create_time(process.pid), write_end, process)
+
+
+def activate(standby: Standby) -> None:
+    """Tell the standby its launch file is written: it is the attempt now.
+
+    Raises:
+        OSError: it is gone (its pipe is closed at the other end) or was dropped.
+    """
+    if standby.control_fd is None or not host.is_same_process(standby.pid, standby.started):
+        raise OSError(f"the standby for attempt {standby.number} is gone")
+    try:
+        os.write(standby.control_fd, b"activate\n")
+    finally:
+        os.close(standby.control_fd)
+        standby.control_fd = None
+
+
+def remove_leftovers(job_dir: Path) -> None:
+    """Standby dirs left by standbys that were dropped or killed (a job has one standby at a time)."""
+    for path in job_dir.glob(f"{STANDBY_DIR_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
