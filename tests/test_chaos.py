@@ -195,8 +195,9 @@ DIE_AFTER_SPAWN = textwrap.dedent("""
 def test_daemon_death_right_after_spawn_adopts_the_monitor(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
     records = tmp_path / "records"
     records.mkdir()
+    # 4 s: still running when the new daemon starts, even on a loaded machine (else it reads "recovered")
     spec = write_spec(tmp_path / "adopt.yaml", name="adopt",
-                      command=[PY, str(JOBS / "resumable.py"), "--steps", "10", "--interval", "0.1", "--record", str(records)],
+                      command=[PY, str(JOBS / "resumable.py"), "--steps", "40", "--interval", "0.1", "--record", str(records)],
                       restart={"max_restarts": 0})
     job = cli.submit(spec)
     died = subprocess.run([PY, "-c", DIE_AFTER_SPAWN], env=cli.env, capture_output=True, text=True, timeout=60)
