@@ -2,7 +2,7 @@
 
 Every `Snapshots.every_seconds` (at a step boundary, when no disk save is due) the session
 copies the state a checkpoint would hold to CPU memory and a thread writes it, with the
-checkpoint protocol and its sha256 manifest, to tmpfs:
+checkpoint protocol and its manifest of digests, to tmpfs:
 
     /dev/shm/trainsup-<uid>/<key of the checkpoint dir>/step-…/   state.pt, snapshot.json, manifest.json
 
@@ -37,7 +37,7 @@ from trainsup.trainer.errors import OptionError
 from trainsup.trainer.statefile import STATE_FILE
 
 log = get_logger()
-ENV_SNAPSHOTS = "TRAINSUP_SNAPSHOTS"  # off (0/false/no): no snapshots, whatever the script asks; N: every N s
+ENV_SNAPSHOTS = "TRAINSUP_SNAPSHOTS"  # off (0/false/no): none, whatever the script asks; on; or every N s
 ENV_BOOT_ID_FILE = "TRAINSUP_BOOT_ID_FILE"  # the supervisor's too (trainsup.supervisor.host)
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 SHM = Path("/dev/shm")
@@ -131,7 +131,7 @@ class Snapshotter:
             self.off = "turned off (Snapshots(enabled=False))"
         elif setting in ("0", "false", "no", "off"):
             self.off = f"turned off ({ENV_SNAPSHOTS}={env[ENV_SNAPSHOTS]})"
-        elif setting:
+        elif setting and setting not in ("1", "true", "yes", "on"):
             try:
                 options = replace(options, every_seconds=float(setting))
             except ValueError:
@@ -186,7 +186,7 @@ class Snapshotter:
         if token is None:
             return
         copy = statefile.snapshot(state, self._buffers)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():  # not is_available(): on a CPU-only run it would initialise CUDA (seconds)
             torch.cuda.synchronize()
         copy_s = time.monotonic() - started
         info = json.dumps({"boot_id": boot_id(), "checkpoint_dir": str(self.checkpoint_dir), "token": token,
