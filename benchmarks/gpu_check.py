@@ -14,6 +14,10 @@ Sections (each prints its rows as it finishes; one failing section does not stop
               death -> first step, against a bare relaunch of the same script
   checkpoint  save / async save of a GPU-resident state vs torch.save+fsync and DCP
               (benchmarks/bench_gpu_checkpoint.py)
+  standby     SIGKILL x3 of a GPU job with its warm standby and x3 with `standby: false`:
+              the waiting standby holds no GPU memory, becomes the attempt on the granted
+              GPU; death -> first step of each; steps lost per kill (in-memory snapshots);
+              final weights vs an uninterrupted run
 
 Writes DIR/gpu_check.json (all figures) and DIR/gpu_check.md (the table for docs/gpus.md).
 The same file is also the job script the sections submit (`gpu_check.py job KIND ...`).
@@ -178,6 +182,8 @@ def job_train(record: str, out: str, steps: int, width: int, step_delay: float) 
                     if first:
                         _record(record, event="first_step", at=time.time(), step=session.step + 1)
                         first = False
+                    elif os.environ.get("GPU_CHECK_TRACE"):
+                        _record(record, event="step", at=time.time(), step=session.step + 1)
                     if step_delay:
                         time.sleep(step_delay)
                     session.step_done(loss=loss.item())
@@ -531,7 +537,109 @@ def section_checkpoint(report: Report, work: Path, sizes: str) -> None:
     report.row("checkpoint", "sizes measured (seconds, medians; table below)", ", ".join(result.get("sizes", {})))
 
 
-SECTIONS = ("probe", "placement", "oom", "kills", "checkpoint")
+def _standby_processes() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(word.endswith("standby_process.py") for word in p.info["cmdline"] or [])]
+
+
+def _standby_run(work: Path, standby: bool, kills: int, steps: int, width: int, delay: float) -> dict[str, Any]:
+    from common import Daemon, write_job
+
+    from trainsup.gpu.nvml import NvmlProbe
+
+    tag = "standby" if standby else "fresh"
+    record, out, ckpt = work / f"{tag}.jsonl", work / f"{tag}.pt", work / f"{tag}-ckpt"
+    # gpu_check.py imports torch inside its functions: name what a standby should import
+    preload = {"preload": ["torch", "torch._dynamo", "trainsup.trainer"]} if standby else False
+    deaths: list[dict[str, Any]] = []
+    with Daemon(work / f"{tag}-home") as daemon:
+        job = daemon.submit(write_job(work / f"{tag}-jobs", f"gpu-{tag}",
+                                      [PYTHON, SELF, "job", "train", str(record), str(out), str(steps), str(width),
+                                       str(delay)],
+                                      gpus=0 if DEVICE == "cpu" else 1, checkpoint_dir=str(ckpt),
+                                      env={"GPU_CHECK_TRACE": "1"}, standby=preload,
+                                      restart={"initial": "0s", "max_restarts": kills + 2, "crash_loop": 0}))
+        jobs_dir = work / f"{tag}-home" / "jobs" / job
+        for number in range(1, kills + 1):
+            wait_until(lambda: sum(r["event"] == "first_step" for r in read_records(record)) >= number, 180,
+                       f"attempt {number}'s first step")
+            seen: dict[str, Any] = {}
+            if standby:
+                log = jobs_dir / f"standby-{number + 1}" / "monitor.log"
+                wait_until(lambda: log.exists() and "standby ready" in log.read_text(), 120, "the standby ready")
+                on_gpu: set[int] = set()
+                if DEVICE == "cuda":
+                    probe = NvmlProbe()
+                    try:
+                        on_gpu = {p.pid for p in probe.processes()}
+                    finally:
+                        probe.close()
+                # an activated standby keeps its command line: the running attempt is not a waiting one
+                running = daemon.status(job).get("pid")
+                waiting = [pid for pid in _standby_processes() if pid != running]
+                seen = {"standby_pids": waiting, "standby_on_gpu": sorted(on_gpu & set(waiting))}
+            else:
+                time.sleep(8.0)  # as long as a standby takes to be ready, so both kill at like points
+            time.sleep(1.2)  # at least one in-memory snapshot since the last disk save
+            steps_seen = [r["step"] for r in read_records(record) if r["event"] in ("step", "first_step")]
+            pid = daemon.status(job).get("pid")
+            os.kill(pid, signal.SIGKILL)
+            deaths.append({"at": time.time(), "pid": pid, "step": max(steps_seen), **seen})
+            wait_until(lambda: daemon.status(job).get("pid") not in (None, pid), 120, "the next attempt")
+        state = daemon.wait_state(job, {"succeeded", "failed"}, 600)
+        attempts = daemon.attempts(job)
+    records = read_records(record)
+    firsts = [r for r in records if r["event"] == "first_step"]
+    starts = [r for r in records if r["event"] == "start"]
+    for death in deaths:
+        nxt = next((f for f in firsts if f["at"] > death["at"]), None)
+        start = next((s for s in starts if s["started"] > death["at"]), None)
+        if nxt and start:
+            death.update(death_to_first_step_s=nxt["at"] - death["at"], resumed_at=start["resumed_at"],
+                         steps_lost=death["step"] - start["resumed_at"],
+                         script_to_cuda_ready_s=start["cuda_ready"] - start["started"])
+    notes = []
+    for attempt in attempts[1:]:
+        started = Path(attempt["run_dir"]) / "started.json"
+        notes.append(json.loads(started.read_text()).get("standby") if started.exists() else None)
+    resumes = []
+    for attempt in attempts[1:]:
+        resume = Path(attempt["run_dir"]) / "resume.json"
+        resumes.append(json.loads(resume.read_text()) if resume.exists() else None)
+    return {"state": state, "deaths": deaths, "standby_notes": notes, "resumes": resumes, "out": str(out)}
+
+
+def section_standby(report: Report, work: Path, kills: int = 3) -> None:
+    import torch
+
+    steps, width, delay = (900, 1024, 0.05) if DEVICE == "cuda" else (400, 64, 0.05)
+    reference, _bare = _reference_train(work, steps, width)
+    runs = {standby: _standby_run(work, standby, kills, steps, width, delay) for standby in (True, False)}
+    report.figures["standby"] = runs
+    for standby, run in runs.items():
+        tag = "warm standby" if standby else "standby: false"
+        equal = _same(torch.load(reference, weights_only=True), torch.load(run["out"], weights_only=True)) \
+            if Path(run["out"]).exists() else "no final weights"
+        timed = [d for d in run["deaths"] if "death_to_first_step_s" in d]
+        med = sorted(d["death_to_first_step_s"] for d in timed)[len(timed) // 2] if timed else None
+        cuda = sorted(d["script_to_cuda_ready_s"] for d in timed)[len(timed) // 2] if timed else None
+        report.row("standby", f"{tag}: {len(run['deaths'])} SIGKILLs, death -> first step (median)",
+                   f"{med:.2f} s ({cuda:.2f} s of it CUDA init in the script); {run['state']}; standby: "
+                   f"{run['standby_notes']}" if med is not None else f"{run['state']}, no timing")
+        report.row("standby", f"{tag}: steps lost per kill (1 s snapshots, disk every 5)",
+                   f"{[d.get('steps_lost') for d in run['deaths']]}; resumed from "
+                   f"{[(r or {}).get('checkpoint') for r in run['resumes']]}")
+        report.row("standby", f"{tag}: final weights and optimizer vs an uninterrupted run",
+                   "torch.equal: all equal" if equal is True else f"DIFFER: {equal}")
+        if standby:
+            on_gpu = [d.get("standby_on_gpu") for d in run["deaths"]]
+            report.row("standby", "waiting standby processes holding GPU memory (NVML), before each kill",
+                       f"{on_gpu} (pids {[d.get('standby_pids') for d in run['deaths']]})")
+
+
+SECTIONS = ("probe", "placement", "oom", "kills", "checkpoint", "standby")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,7 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GPU_CHECK_DEVICE"] = "cpu"
         report = Report(args.out)
         work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.dir))
-        section_kills(report, work, gpus=0)
+        if "kills" in args.sections.split(","):
+            section_kills(report, work, gpus=0)
+        if "standby" in args.sections.split(","):
+            section_standby(report, work)
         collect_logs(work, args.out / "gpu_check_logs.txt")
         return 0
     if not torch.cuda.is_available():
@@ -565,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     machine(report)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=args.dir))
     runners = {"probe": section_probe, "placement": section_placement, "oom": section_oom, "kills": section_kills,
-               "checkpoint": lambda r, w: section_checkpoint(r, w, args.sizes)}
+               "checkpoint": lambda r, w: section_checkpoint(r, w, args.sizes), "standby": section_standby}
     failed = 0
     for name in args.sections.split(","):
         started = time.monotonic()
