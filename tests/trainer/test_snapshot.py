@@ -200,3 +200,12 @@ def test_sigkill_with_snapshots_loses_fewer_steps_and_stays_bit_exact(
     lost_disk_only = [kill - kill // 8 * 8 for kill in kills]
     assert sum(lost) < sum(lost_disk_only), (kills, lost, lost_disk_only)
     assert max(lost) <= 3, (kills, lost)
+
+
+def test_snapshots_of_a_checkpoint_dir_that_is_gone_are_removed_on_the_next_start(tmp_path: Path) -> None:
+    root = tmp_path / "shm"
+    killed_run(tmp_path / "gone", root, 3)
+    shutil.rmtree(tmp_path / "gone")
+    assert snapshot_dir(tmp_path / "gone", root).is_dir()
+    open_session(tmp_path / "other", root)[0].close()
+    assert not snapshot_dir(tmp_path / "gone", root).exists()

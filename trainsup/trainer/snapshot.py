@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import threading
 import time
@@ -160,11 +161,28 @@ class Snapshotter:
         if self.off is None:
             self._ready = True
             self.store.prepare()
+            self._remove_orphans()
             if self._budget is None:
                 free = _free(self.root)
                 self._budget = min(DEFAULT_BUDGET, free // 4) if free is not None else DEFAULT_BUDGET
         self._restart_clock()
         self._write_status()
+
+    def _remove_orphans(self) -> None:
+        """Remove the snapshots of checkpoint dirs that no longer exist (a job removed while
+        failing, a test's temp dir): nothing else frees their memory before a reboot."""
+        for entry in self.root.iterdir():
+            if entry == self.store.root or entry.is_symlink() or not entry.is_dir():
+                continue
+            for info in entry.glob(f"step-*/{INFO_FILE}"):
+                try:
+                    owner = json.loads(info.read_bytes()).get("checkpoint_dir")
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if isinstance(owner, str) and not os.path.lexists(owner):
+                    log.info("removing the in-memory snapshots of %s: it no longer exists", owner)
+                    shutil.rmtree(entry, ignore_errors=True)
+                break
 
     def _restart_clock(self) -> None:
         self._last = time.monotonic()
