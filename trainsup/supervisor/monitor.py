@@ -507,4 +507,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The daemon learns of the end when this process exits (its pidfd): skip the
+    # interpreter's teardown, which only frees memory, so a restart starts sooner.
+    os._exit(code)
