@@ -211,6 +211,9 @@ def test_after_a_sigkill_the_standby_is_the_next_attempt_as_a_fresh_process_woul
     assert first["run_dir"].endswith("attempt-2.run") and first["secret"] == "kept"
     wait_for(lambda: "its warm standby" in cli.run("show", job).stdout, 30, 0.1, "the running event")
     standby_ready(cli, job, 3)  # the next one is ready at once: no import to wait for
+    shown = wait_for(lambda: "warm standby: ready for attempt 3" in (out := cli.run("status", job).stdout) and out,
+                     10, 0.1, "status to show the standby")
+    assert "preloaded standby_lib" in shown and "resident" in shown
     cli.run("cancel", job)
     assert cli.wait_state(job, "cancelled")["state"] == "cancelled"
     log = Path(cli.env["TRAINSUP_HOME"]) / "jobs" / job / "attempt-2.log"

@@ -67,6 +67,11 @@ HANG_FILE = "hang.json"  # daemon: the hang verdict it killed the attempt for (a
 HEARTBEAT_DIR = "heartbeat"  # every rank: rank-<N>.json
 MONITOR_LOG = "monitor.log"  # the monitor's own stderr
 
+# The warm standby of a job (docs/standby.md): jobs/<id>/standby-<next attempt>/
+STANDBY_DIR_PREFIX = "standby-"
+STANDBY_FILE = "standby.json"  # daemon → standby monitor: interpreter, cwd, env, preload, command
+STANDBY_READY_FILE = "ready.json"  # standby monitor: {"pid", "attempt", "preloaded", "problems", "ready_at"}
+
 # finished: the `with Session` block ended normally, the run is done (so exit 0 after a stop
 #   we asked for is a success, not an interruption); preempted: checkpointed on a stop
 #   request, exit 75; oom: out of memory; error: failed, a restart may help; config_error:

@@ -13,11 +13,19 @@ from typing import Any
 
 from trainsup.commands.common import daemon_running, open_store, pending_submissions, resolve_job, waiting_reason
 from trainsup.commands.table import format_table, state_colour
-from trainsup.contracts import HEARTBEAT_DIR, latest_heartbeat, parse_step_dir, read_heartbeats
+from trainsup.contracts import (
+    HEARTBEAT_DIR,
+    STANDBY_DIR_PREFIX,
+    STANDBY_READY_FILE,
+    latest_heartbeat,
+    parse_step_dir,
+    read_heartbeats,
+    read_json,
+)
 from trainsup.layouts import newest_checkpoint
 from trainsup.jobs.states import JobState
 from trainsup.paths import StateDir
-from trainsup.units import format_duration, format_span
+from trainsup.units import format_duration, format_size, format_span
 
 
 def job_rows(state: StateDir) -> list[dict[str, Any]]:
@@ -120,7 +128,22 @@ def job_detail(state: StateDir, key: str) -> dict[str, Any]:
                 "peak_gpu_memory": a.peak_gpu_memory, "log": a.log_path,
             })
         store.close()
-    return {**summary, "attempts": attempts}
+    return {**summary, "attempts": attempts, "standby": _standby(state.job_dir(ref.id))}
+
+
+def _standby(job_dir: Path) -> dict | None:
+    """The job's warm standby, if one is ready (docs/standby.md): what it preloaded, its memory."""
+    for directory in job_dir.glob(f"{STANDBY_DIR_PREFIX}*"):
+        ready = read_json(directory / STANDBY_READY_FILE)
+        if not isinstance(ready, dict) or not isinstance(ready.get("pid"), int):
+            continue
+        try:
+            with open(f"/proc/{ready['pid']}/statm") as handle:
+                ready["rss_bytes"] = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue  # it has gone (dropped, or it became the attempt a moment ago)
+        return ready
+    return None
 
 
 def render_table(rows: list[dict[str, Any]], colour: bool = False) -> None:
@@ -174,6 +197,11 @@ def render_detail(detail: dict[str, Any]) -> None:
         print(f"  progress: {_progress_text(detail['progress'])}")
     if detail.get("last_checkpoint"):
         print(f"  last checkpoint: {_checkpoint_text(detail['last_checkpoint'])}")
+    if standby := detail.get("standby"):
+        preloaded = ", ".join(standby.get("preloaded") or []) or "nothing"
+        print(f"  warm standby: ready for attempt {standby.get('attempt')} for "
+              f"{format_duration(time.time() - standby['ready_at'])} (preloaded {preloaded}; "
+              f"{format_size(standby['rss_bytes'])} resident)")
     if not detail["attempts"]:
         return
     header = ("ATTEMPT", "STARTED", "DURATION", "PID", "EXIT", "REASON", "BATCH", "GPU PEAK", "CHECKPOINT")

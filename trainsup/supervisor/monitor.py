@@ -45,6 +45,9 @@ from trainsup.contracts import (
     ENDED_FILE,
     LAUNCH_FILE,
     MONITOR_LOG,
+    STANDBY_DIR_PREFIX,
+    STANDBY_FILE,
+    STANDBY_READY_FILE,
     STARTED_FILE,
     EndedRecord,
     open_lock_file,
@@ -58,7 +61,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 LOCK_POLL_S = 0.1
 LEFTOVER_GRACE_S = 3.0
 DISK_FULL_RETRY_S = 1.0
-STANDBY_FILE = "standby.json"  # daemon → standby monitor: interpreter, cwd, env, preload, command
 STANDBY_LOG = "standby.log"  # what the standby process printed while it preloaded
 STANDBY_READY_WAIT_S = 120.0  # a standby still importing is still ahead of a fresh start
 STANDBY_REPLY_WAIT_S = 10.0
@@ -292,8 +294,9 @@ def _become_subreaper() -> None:
 class WarmProcess:
     """The standby process (`standby_process.py`) this monitor started and talks to."""
 
-    def __init__(self, process: subprocess.Popen, sock: socket.socket):
+    def __init__(self, process: subprocess.Popen, sock: socket.socket, directory: Path):
         self.process = process
+        self.directory = directory
         self.sock: socket.socket | None = sock
         self.ready = False
         self.failure: str | None = None
@@ -314,7 +317,7 @@ class WarmProcess:
         finally:
             os.close(log)
             theirs.close()
-        return cls(process, ours)
+        return cls(process, ours, standby_dir)
 
     def read_messages(self) -> None:
         """Take what the standby said: `ready {…}` or `failed …`; end of stream: it is gone."""
@@ -329,8 +332,24 @@ class WarmProcess:
             if text.startswith("ready"):
                 self.ready = True
                 print(f"trainsup monitor: standby ready: {text[6:]}", flush=True)
+                self._note_ready(text[6:])
             else:
                 self._lost(text.removeprefix("failed ").strip() or "it failed")
+
+    def _note_ready(self, said: str) -> None:
+        """`ready.json` for `trainsup status`: what is preloaded, since when."""
+        try:
+            details = json.loads(said)
+        except ValueError:
+            details = {}
+        number = self.directory.name.removeprefix(STANDBY_DIR_PREFIX)
+        try:
+            write_json_atomic(self.directory / STANDBY_READY_FILE, {
+                "pid": self.process.pid, "attempt": int(number) if number.isdigit() else None,
+                "preloaded": details.get("preloaded", []), "problems": details.get("problems", []),
+                "ready_at": time.time()})
+        except OSError as exc:  # status only: never a reason to lose the standby
+            print(f"trainsup monitor: cannot write {STANDBY_READY_FILE}: {exc}", flush=True)
 
     def reap(self) -> None:
         if self.failure is None and self.process.poll() is not None:

@@ -24,17 +24,15 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from trainsup.contracts import clean_child_env
+from trainsup.contracts import STANDBY_DIR_PREFIX, STANDBY_FILE, clean_child_env
 from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.spec import JobSpec, StandbySpec
 from trainsup.supervisor import host
-from trainsup.supervisor.monitor import STANDBY_FILE, STOP_SIGNALS
+from trainsup.supervisor.monitor import STOP_SIGNALS
 from trainsup.supervisor.standby_process import python_entry
 from trainsup.userconfig import UserConfigError, config_path, read_config
 
 log = structlog.get_logger("trainsup.standby")
-
-STANDBY_DIR_PREFIX = "standby-"
 
 
 @dataclass
