@@ -256,7 +256,8 @@ class Attempts:
         """A warm standby for each running job that has none (docs/standby.md);
         standbys of jobs that will not start again are dropped."""
         for job_id in [j for j in self.standbys if j not in self.live]:
-            if self.store.job(job_id).state not in STANDBY_STATES:
+            job = self.store.job(job_id)  # None: removed
+            if job is None or job.state not in STANDBY_STATES:
                 self.drop_standby(job_id)
         for live in self.live.values():
             if live.standby_tried or not live.started_seen or live.job_id in self.standbys:
