@@ -486,3 +486,61 @@ def test_records_of_counts_any_write_as_progress() -> None:
     wrote = Attempt(**{**wrote.__dict__, "newest_write_before": 90.0, "newest_write_after": 140.0})
     idle = Attempt(**{**wrote.__dict__, "number": 2, "newest_write_before": 140.0, "newest_write_after": 140.0})
     assert [r.new_checkpoint for r in records_of([wrote, idle])] == [True, False]
+
+
+# --- deaths at load spend no restart budget: the answer to them is the quarantine ----------
+
+TORN = "exit 1: EOFError: Ran out of input"
+OLDER = ("last_model.pth", "epoch-3.pth")
+NONE_OLDER = ("last_model.pth",)
+# What left the torn file: a stop during its save (max_restarts 0), a SIGKILL during it (1).
+LEFT_IT = {0: AttemptRecord(R.INTERRUPTED, 30.0, True), 1: AttemptRecord(R.CRASH, 30.0, True, detail="killed by SIGKILL")}
+SENTENCE = ("last_model.pth cannot be loaded (EOFError: Ran out of input) and there is no older checkpoint; "
+            "it was moved to quarantine/ (submit with --fresh to start over)")
+
+
+def died_on_torn(n: int) -> list[AttemptRecord]:
+    return [died_loading("last_model.pth", TORN) for _ in range(n)]
+
+
+@pytest.mark.parametrize("max_restarts", [0, 1])
+@pytest.mark.parametrize(
+    "deaths, checkpoints, action, quarantine, message",
+    [
+        (1, OLDER, Action.RESTART, None, "crash loading last_model.pth (EOFError: Ran out of input); trying it once "
+                                         "more in 1.0s before setting it aside (not counted against the restart budget)"),
+        (2, OLDER, Action.RESTART, "last_model.pth", "last_model.pth cannot be loaded (EOFError: Ran out of input): "
+                                                     "moved to quarantine/; resuming from epoch-3.pth"),
+        (2, NONE_OLDER, Action.FAIL, "last_model.pth", SENTENCE),
+    ],
+    ids=["one death: once more", "two: an older one is left", "two: none is left"],
+)
+def test_deaths_at_load_are_answered_whatever_the_budget(max_restarts, deaths, checkpoints, action, quarantine,
+                                                          message) -> None:
+    history = [LEFT_IT[max_restarts], *died_on_torn(deaths)]
+    decision = decide(history, policy(max_restarts=max_restarts, crash_loop=1, initial=1), checkpoints=checkpoints)
+    assert (decision.action, decision.quarantine, decision.message) == (action, quarantine, message)
+
+
+@pytest.mark.parametrize("max_restarts, action", [(0, Action.FAIL), (1, Action.FAIL), (2, Action.RESTART)])
+def test_after_the_quarantine_other_failures_spend_the_budget_as_before(max_restarts, action) -> None:
+    """The SIGKILL that tore the file counts (for max_restarts 1 and 2), the deaths at load do not."""
+    from_older = AttemptRecord(R.CRASH, 5.0, False, checkpoint_before="epoch-3.pth", detail="exit 1: ValueError: nan")
+    history = [LEFT_IT[min(max_restarts, 1)], *died_on_torn(2), from_older]
+    decision = decide(history, policy(max_restarts=max_restarts, crash_loop=0, initial=1), checkpoints=("epoch-3.pth",))
+    assert decision.action is action, decision.message
+    assert decision.quarantine is None
+
+
+def test_a_checkpoint_that_could_not_be_moved_fails_the_job_instead_of_looping() -> None:
+    decision = decide(died_on_torn(3), policy(max_restarts=0), checkpoints=OLDER)
+    assert (decision.action, decision.quarantine) == (Action.FAIL, None)
+    assert decision.message == "last_model.pth cannot be loaded (EOFError: Ran out of input) and could not be moved to quarantine/"
+
+
+def test_a_rewritten_checkpoint_of_the_same_name_gets_its_own_streak() -> None:
+    """Set aside, resumed from the older one, written again under the same name, torn again."""
+    resumed = AttemptRecord(R.CRASH, 30.0, True, checkpoint_before="epoch-3.pth", detail="killed by SIGKILL")
+    history = [*died_on_torn(2), resumed, *died_on_torn(2)]
+    decision = decide(history, policy(max_restarts=1), checkpoints=OLDER)
+    assert (decision.action, decision.quarantine) == (Action.RESTART, "last_model.pth")

@@ -136,7 +136,7 @@ def decide(
             return Decision(Action.HOLD, "the machine restarted; held as on_boot says")
         return Decision(Action.REQUEUE, f"{last.reason}: resuming from the last checkpoint")
     if (unloadable := _unloadable_checkpoint(history)) is not None:
-        return _set_aside(unloadable, checkpoints, last)
+        return _set_aside(unloadable, checkpoints, history)
     return _after_failure(history, policy, job_checkpoints, jitter)
 
 
@@ -149,21 +149,40 @@ def _unloadable_checkpoint(history: Sequence[AttemptRecord]) -> str | None:
     """
     streak = history[-UNLOADABLE_STREAK:]
     suspect = streak[-1].checkpoint_before
-    if suspect is None or len(streak) < UNLOADABLE_STREAK:
+    if suspect is None or len(streak) < UNLOADABLE_STREAK or not _died_loading(history, len(history) - 1):
         return None
     if any(r.reason not in LOAD_FAILURES or r.new_checkpoint or r.checkpoint_before != suspect for r in streak):
-        return None
-    if any(r.checkpoint_before == suspect and r.new_checkpoint for r in history):
-        return None
-    error = streak[-1].detail
-    if not (any(sign in error for sign in UNLOADABLE_SIGNS) or Path(suspect).name in error):
         return None
     return suspect
 
 
-def _set_aside(suspect: str, checkpoints: Sequence[str], last: AttemptRecord) -> Decision:
-    older = [name for name in checkpoints if name != suspect]
+def _died_loading(history: Sequence[AttemptRecord], index: int) -> bool:
+    """`history[index]` died, it seems, loading a checkpoint no attempt up to it got past.
+
+    Such deaths do not spend the restart budget: the answer to them is setting the
+    checkpoint aside, after `UNLOADABLE_STREAK` of them in a row.
+    """
+    record = history[index]
+    suspect = record.checkpoint_before
+    if suspect is None or record.reason not in LOAD_FAILURES or record.new_checkpoint:
+        return False
+    if any(r.checkpoint_before == suspect and r.new_checkpoint for r in history[: index + 1]):
+        return False
+    return any(sign in record.detail for sign in UNLOADABLE_SIGNS) or Path(suspect).name in record.detail
+
+
+def _deaths_at_load(history: Sequence[AttemptRecord]) -> list[bool]:
+    return [_died_loading(history, i) for i in range(len(history))]
+
+
+def _set_aside(suspect: str, checkpoints: Sequence[str], history: Sequence[AttemptRecord]) -> Decision:
+    last = history[-1]
     error = _error_of(last.detail)
+    deaths = zip(history, _deaths_at_load(history))
+    if _trailing(list(deaths), lambda death: death[0].checkpoint_before == suspect and death[1]) > UNLOADABLE_STREAK:
+        # It was set aside after the first streak, and still a later attempt found it.
+        return Decision(Action.FAIL, f"{suspect} cannot be loaded ({error}) and could not be moved to quarantine/")
+    older = [name for name in checkpoints if name != suspect]
     if older:
         return Decision(Action.RESTART, f"{suspect} cannot be loaded ({error}): moved to quarantine/; "
                                         f"resuming from {older[0]}", quarantine=suspect)
@@ -213,21 +232,27 @@ def _after_failure(
     last = history[-1]
     budget, drawing = restart_budget(policy, last.reason)
     own_budget = getattr(policy.on, str(last.reason), None) is not None
+    loading = _deaths_at_load(history)
     # A failure answered by a new configuration (a smaller micro-batch) spends the
-    # shared budget only if the reason has no budget of its own.
-    failures = sum(1 for a in history if a.reason in drawing and (own_budget or not a.changed_config))
+    # shared budget only if the reason has no budget of its own; a death at load spends none.
+    failures = sum(1 for a, at_load in zip(history, loading)
+                   if a.reason in drawing and not at_load and (own_budget or not a.changed_config))
     if failures > budget:
         return Decision(Action.FAIL, f"{last.reason}; gave up after {budget} restarts")
     if last.changed_config and not own_budget:
         return Decision(Action.RESTART, f"{last.reason}; restarting at once with a new configuration")
     if last.changed_config:
         return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} at once with a new configuration")
-    streak = _trailing_failures_without_progress(history, policy, job_checkpoints)
+    streak = _trailing_failures_without_progress(history, loading, policy, job_checkpoints)
     if policy.crash_loop and streak >= policy.crash_loop:
         return Decision(Action.FAIL, f"crash loop: {streak} attempts in a row died without progress")
     # The backoff starts over after an attempt that made progress.
     consecutive = _trailing(history, lambda a: a.reason in FAILURES and not a.new_checkpoint)
     delay = backoff_delay(policy, consecutive, jitter)
+    if loading[-1]:
+        return Decision(Action.RESTART, f"{last.reason} loading {last.checkpoint_before} ({_error_of(last.detail)}); "
+                                        f"trying it once more in {delay:.1f}s before setting it aside "
+                                        f"(not counted against the restart budget)", delay)
     return Decision(Action.RESTART, f"{last.reason}; restart {failures} of {budget} in {delay:.1f}s", delay)
 
 
@@ -240,12 +265,17 @@ def backoff_delay(policy: RestartPolicy, consecutive_failures: int, jitter: floa
 
 
 def _trailing_failures_without_progress(
-    history: Sequence[AttemptRecord], policy: RestartPolicy, job_checkpoints: bool
+    history: Sequence[AttemptRecord], loading: Sequence[bool], policy: RestartPolicy, job_checkpoints: bool
 ) -> int:
-    return _trailing(
-        history,
-        lambda a: a.reason in FAILURES and not a.progressed(job_checkpoints, policy.min_uptime),
-    )
+    """Failures in a row without progress; deaths at load are answered by a quarantine, not counted."""
+    count = 0
+    for record, at_load in zip(reversed(history), reversed(loading)):
+        if at_load:
+            continue
+        if record.reason not in FAILURES or record.progressed(job_checkpoints, policy.min_uptime):
+            break
+        count += 1
+    return count
 
 
 def _trailing(history: Sequence[AttemptRecord], predicate) -> int:
