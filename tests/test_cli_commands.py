@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -200,3 +201,31 @@ def test_every_control_answer(action: str, state: str, answer: str):
     else:
         result = _answer(ref, job, action, False, 10.0)
         assert result.requested is (answer == "will") and result.state == state
+
+
+def test_show_says_what_the_next_attempt_will_find(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    """The words of the "attempt N starting" event, for a job that has not finished; none once it has."""
+    checkpoints, guide = tmp_path / "ckpt", tmp_path / "guide-ckpt"
+    ten_minutes_ago = time.time() - 600
+    for folder, name in ((checkpoints, "last.ckpt"), (guide, "last_model.pth")):
+        folder.mkdir()
+        (folder / name).write_bytes(b"weights")
+        os.utime(folder / name, (ten_minutes_ago, ten_minutes_ago))
+    resume = {"args": ["--resume", "{checkpoint}"], "checkpoint": "*.pth"}
+    lightning, plain, fresh = (
+        cli.submit(write_spec(tmp_path / f"{name}.yaml", name=name, command="true", checkpoint_dir=str(folder), **extra),
+                   "--delay", "1h")
+        for name, folder, extra in (("l", checkpoints, {}), ("p", guide, {"resume": resume}), ("f", tmp_path / "no", {})))
+    assert "next attempt will find: last.ckpt, written 10 min ago" in cli.run("show", lightning).stdout  # not taken yet
+    daemon.start()
+    wait_for(lambda: cli.json("show", lightning).get("checkpoint_dir"), 30, what="the daemon to take the job")
+    assert "next attempt will find: last.ckpt, written 10 min ago" in cli.run("show", lightning).stdout
+    assert "next attempt will find: last_model.pth, written 10 min ago" in cli.run("show", plain).stdout
+    assert "next attempt will find: no checkpoint yet: starting fresh" in cli.run("show", fresh).stdout
+    assert cli.json("show", lightning)["next_attempt"] == {
+        "checkpoint": "last.ckpt", "layout": "lightning", "written_at": ten_minutes_ago,
+        "message": "last.ckpt, written 10 min ago"}
+    cli.run("cancel", lightning)
+    cli.wait_state(lightning, "cancelled")
+    assert "next attempt" not in cli.run("show", lightning).stdout
+    assert cli.json("show", lightning)["next_attempt"] is None

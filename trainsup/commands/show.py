@@ -13,6 +13,8 @@ from typing import Any
 
 from trainsup.commands.common import open_store, pending_submissions, resolve_job
 from trainsup.errors import TrainsupError
+from trainsup.jobs.states import TERMINAL_STATES
+from trainsup.layouts import newest_checkpoint
 from trainsup.paths import StateDir
 
 
@@ -25,23 +27,42 @@ def job_timeline(state: StateDir, key: str) -> dict[str, Any]:
             "id": ref.id, "name": ref.name, "state": "queued", "spec": sub["spec"],
             "spec_text": sub["spec_text"], "spec_path": sub["spec_path"],
             "inherited_env_count": len(sub.get("environment") or {}),
+            "next_attempt": _next_attempt(sub["spec"].get("checkpoint_dir"), sub["spec"]),
             "events": [{"at": sub["submitted_at"], "kind": "submitted",
                         "message": "submitted; waiting for the daemon to take it"}],
         }
     job = store.job(ref.id)
     events = [{"at": e.at, "kind": e.kind, "message": e.message} for e in store.events(ref.id)]
     store.close()
+    spec = json.loads(job.spec_json)
     return {
         "id": job.id, "name": job.name, "state": job.state, "result": job.result,
-        "spec": json.loads(job.spec_json), "spec_text": job.spec_text, "spec_path": job.spec_path,
-        "checkpoint_dir": job.checkpoint_dir, "inherited_env_count": len(job.environment), "events": events,
+        "spec": spec, "spec_text": job.spec_text, "spec_path": job.spec_path,
+        "checkpoint_dir": job.checkpoint_dir, "inherited_env_count": len(job.environment),
+        "next_attempt": None if job.state in TERMINAL_STATES else _next_attempt(job.checkpoint_dir, spec),
+        "events": events,
     }
+
+
+def _next_attempt(checkpoint_dir: str | None, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """What an attempt started now would find, in the words of the "attempt N starting" event."""
+    if not checkpoint_dir or not Path(checkpoint_dir).is_absolute():
+        return None  # submit makes it absolute; a relative one would be read from the wrong dir
+    resume = spec.get("resume") or {}
+    found = newest_checkpoint(Path(checkpoint_dir), resume.get("checkpoint"))
+    if found is None:
+        return {"checkpoint": None, "layout": None, "written_at": None,
+                "message": "no checkpoint yet: starting fresh"}
+    return {"checkpoint": found.name, "layout": found.layout, "written_at": found.written_at,
+            "message": found.describe(time.time())}
 
 
 def render(timeline: dict[str, Any]) -> None:
     print(f"{timeline['name']} ({timeline['id']}): {timeline['state']}")
     if timeline.get("result"):
         print(f"result: {timeline['result']}")
+    if timeline.get("next_attempt"):
+        print(f"next attempt will find: {timeline['next_attempt']['message']}")
     spec = timeline["spec"]
     print(f"spec: {timeline['spec_path']}")
     print(f"  command: {spec['command']}")
