@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import stat
 import threading
@@ -26,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -35,6 +36,7 @@ from trainsup.textlog import get_logger
 from trainsup.trainer import statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Skipped
 from trainsup.trainer.errors import OptionError
+from trainsup.trainer.fsops import FileOps
 from trainsup.trainer.statefile import STATE_FILE
 
 log = get_logger()
@@ -55,9 +57,8 @@ class Snapshots:
 
     `budget_bytes`: the largest state snapshotted (default: a quarter of the free space of
     `root`'s file system, at most 2 GiB). `root`: default `/dev/shm/trainsup-<uid>`.
-    `max_overhead`: the interval grows so that the copy, the only time the loop waits, takes
-    at most this fraction of the time between two snapshots; and so that the thread writing
-    them is busy at most half the time.
+    `max_overhead`: the interval grows so that copying and writing a snapshot take at most
+    this fraction of the time between two (the writing thread shares the GIL with the loop).
     """
 
     every_seconds: float = 1.0
@@ -125,7 +126,7 @@ class Snapshotter:
         self.checkpoint_dir = checkpoint_dir
         self.run_dir = run_dir
         self.root = Path(options.root) if options.root is not None else SHM / f"trainsup-{os.getuid()}"
-        self.store = _SnapshotDir(snapshot_dir(checkpoint_dir, self.root))
+        self.store = _SnapshotDir(snapshot_dir(checkpoint_dir, self.root), _NoSync())
         self.off: str | None = None
         setting = env.get(ENV_SNAPSHOTS, "").strip().lower()
         if not options.enabled:
@@ -133,8 +134,8 @@ class Snapshotter:
         elif setting in ("0", "false", "no", "off"):
             self.off = f"turned off ({ENV_SNAPSHOTS}={env[ENV_SNAPSHOTS]})"
         elif setting and setting not in ("1", "true", "yes", "on"):
-            try:
-                options = replace(options, every_seconds=float(setting))
+            try:  # an interval asked for by name: it grows only while a write takes longer
+                options = replace(options, every_seconds=float(setting), max_overhead=1.0)
             except ValueError:
                 log.warning("%s=%s is neither off nor a number of seconds; ignored", ENV_SNAPSHOTS, env[ENV_SNAPSHOTS])
         self.options = options
@@ -142,7 +143,10 @@ class Snapshotter:
         self.interval = options.every_seconds
         self._budget: int | None = options.budget_bytes
         self._last = time.monotonic()
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None  # one for the run: starting a thread per snapshot stalls the loop
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
         self._write_s = 0.0
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
         self._token: str | None = None
@@ -189,8 +193,7 @@ class Snapshotter:
 
     def due(self) -> bool:
         """Cheap: whether a snapshot should be taken at this step boundary."""
-        return (self.off is None and time.monotonic() - self._last >= self.interval
-                and (self._thread is None or not self._thread.is_alive()))
+        return self.off is None and time.monotonic() - self._last >= self.interval and self._idle.is_set()
 
     def take(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
         """Copy `state` to CPU memory now and write it to tmpfs in a thread."""
@@ -210,7 +213,7 @@ class Snapshotter:
         info = json.dumps({"boot_id": boot_id(), "checkpoint_dir": str(self.checkpoint_dir), "token": token,
                            "pid": os.getpid()}).encode()
         files = {STATE_FILE: lambda file: torch.save(copy, file), INFO_FILE: lambda file: file.write(info)}
-        self.interval = max(self.options.every_seconds, copy_s / self.options.max_overhead, 2 * self._write_s)
+        self.interval = max(self.options.every_seconds, (copy_s + self._write_s) / self.options.max_overhead)
         self._last = time.monotonic()
 
         def write() -> None:
@@ -222,14 +225,23 @@ class Snapshotter:
                 log.warning("in-memory snapshot of step %d failed: %s", step, exc)
             self._write_s = time.monotonic() - began
 
-        self._thread = threading.Thread(target=write, name="trainsup-snapshot", daemon=True)
-        self._thread.start()
+        self._idle.clear()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._serve, name="trainsup-snapshot", daemon=True)
+            self._worker.start()
+        self._work.put(write)
+
+    def _serve(self) -> None:
+        while True:
+            work = self._work.get()
+            try:
+                work()
+            finally:
+                self._idle.set()
 
     def settle(self) -> None:
         """Wait for the snapshot being written, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._idle.wait()
 
     def _turn_off(self, why: str) -> None:
         self.off = why
@@ -328,6 +340,16 @@ class Snapshotter:
         except OSError as exc:
             log.warning("could not remove the in-memory snapshots in %s: %s", self.store.root, exc.strerror)
         self._buffers.clear()
+
+
+class _NoSync(FileOps):
+    """tmpfs does not outlive the machine: an fsync there buys nothing and costs a system call."""
+
+    def fsync_file(self, path: Path) -> None:
+        pass
+
+    def fsync_dir(self, path: Path) -> None:
+        pass
 
 
 class _SnapshotDir(CheckpointDir):
