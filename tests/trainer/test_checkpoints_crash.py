@@ -162,7 +162,7 @@ def test_corrupt_newest_falls_back_with_a_clear_line(tmp_path: Path, trainer_log
     assert read_back(tmp_path) == (100, float(payload(100)[0]))
     lines = [r.getMessage() for r in trainer_log.records if "not usable" in r.getMessage()]
     assert len(lines) == 1 and "step-000000200" in lines[0] and "\n" not in lines[0], lines
-    expected = {"truncate": "has", "bitflip": "sha256", "no-manifest": "missing", "bad-manifest": "does not parse"}
+    expected = {"truncate": "has", "bitflip": "does not match its blake3", "no-manifest": "missing", "bad-manifest": "does not parse"}
     assert expected[damage] in lines[0]
 
 

@@ -253,7 +253,7 @@ def test_resume_json_names_the_newer_checkpoints_it_skipped(tmp_path: Path) -> N
     assert unloadable["why"] == "state.pt cannot be loaded (UnpicklingError: Weights only load failed)"
     assert info == {
         "select": "latest", "checkpoint": "step-000000004", "step": 4, "attempt": 2,
-        "skipped": [unloadable, {"checkpoint": "step-000000006", "why": "state.pt does not match its sha256 in the manifest"}],
+        "skipped": [unloadable, {"checkpoint": "step-000000006", "why": "state.pt does not match its blake3 in the manifest"}],
     }
     assert not (tmp_path / "ckpt" / "step-000000006").exists(), "set aside so that no later restart tries it"
 

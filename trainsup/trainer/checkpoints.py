@@ -36,6 +36,7 @@ from trainsup.manifest import (
     HashingWriter,
     InvalidCheckpointError,
     Manifest,
+    preferred_algorithm,
     read_manifest,
     verify,
 )
@@ -172,9 +173,10 @@ class CheckpointDir:
 
     def _write_durably(self, path: Path, writer: Writer) -> FileDigest:
         measured: list[HashingWriter] = []
+        algorithm = preferred_algorithm()
 
         def write(file: Any) -> None:
-            measured.append(HashingWriter(file))
+            measured.append(HashingWriter(file, algorithm))
             writer(measured[0])
 
         self.ops.write_file(path, write)
