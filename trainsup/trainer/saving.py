@@ -3,9 +3,11 @@ or snapshotted to CPU memory and persisted by a background thread."""
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import torch
 
@@ -13,6 +15,7 @@ from trainsup.trainer import statefile
 from trainsup.trainer.background import BackgroundSave
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
+from trainsup.trainer.fsops import Writer
 from trainsup.textlog import get_logger
 from trainsup.trainer.statefile import STATE_FILE
 
@@ -105,8 +108,49 @@ class Saver:
 
     def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
         started = time.monotonic()
-        checkpoint = self.checkpoints.save(step, {STATE_FILE: lambda file: torch.save(state, file)}, meta)
+        checkpoint = self.checkpoints.save(step, {STATE_FILE: state_writer(state)}, meta)
         size = sum(d.size for d in checkpoint.manifest.files.values())
         log.info("saved checkpoint %s (%.1f MB in %.2f s)", checkpoint.name, size / 1e6, time.monotonic() - started)
         self.last = checkpoint
         return checkpoint
+
+
+def state_writer(state: dict[str, Any]) -> Writer:
+    """`torch.save(state, file)` for a file of a checkpoint's manifest, without the CRC-32
+    torch computes of every record (~0.6 s per GiB here, as much as the write itself):
+    the manifest's digest covers every byte and is checked before every load, and
+    `torch.load` reads the file the same (its reader does not check those CRCs)."""
+
+    def write(file: BinaryIO) -> None:
+        with _without_crc32():
+            torch.save(state, file)
+
+    return write
+
+
+_crc32_lock = threading.Lock()
+_crc32_off = 0
+_crc32_before = True
+
+
+@contextmanager
+def _without_crc32() -> Iterator[None]:
+    """torch's CRC-32 option off while any save here runs (the option is process-wide:
+    a `torch.save` of the user's in another thread meanwhile also goes without it)."""
+    global _crc32_off, _crc32_before
+    setter = getattr(torch.serialization, "set_crc32_options", None)
+    if setter is None:  # an older torch always computes them
+        yield
+        return
+    with _crc32_lock:
+        if _crc32_off == 0:
+            _crc32_before = torch.serialization.get_crc32_options()
+            setter(False)
+        _crc32_off += 1
+    try:
+        yield
+    finally:
+        with _crc32_lock:
+            _crc32_off -= 1
+            if _crc32_off == 0:
+                setter(_crc32_before)
