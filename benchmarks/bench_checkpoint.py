@@ -4,10 +4,13 @@ For each size, the median of --repeats rounds; each round runs the first four on
   disk floor         the bytes of that torch.save file written with os.write, then fsync
   torch.save         plain torch.save to a file (page cache only)
   torch.save+fsync   the same, then fsync the file
-  power-safe         trainsup's protocol: temp dir, sha256, fsync files, manifest,
-                     fsync dir, rename, fsync parent, LATEST, retention
+  power-safe         trainsup's protocol as a Session saves: temp dir, torch.save (without
+                     torch's per-record CRC-32) through a BLAKE3 (sha256 without the blake3
+                     package), fsync files, manifest, fsync dir, rename, fsync parent,
+                     LATEST, retention
   async stall        how long the training loop waits with Saving(in_background=True) (CPU snapshot)
-  async durable      from the start of that save until it is durable in the background
+  async durable      from the start of that save until it is durable in the background, while
+                     a training loop (an MLP on every core) runs in the loop's thread
 
     python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
                                           [--device cuda] [--json PATH]
@@ -33,9 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: E402
+from trainsup.trainer.saving import state_writer  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
 HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable"]
+RATIOS = {"safe/save+fsync": ("power-safe", "torch.save+fsync"), "safe/floor": ("power-safe", "disk floor"),
+          "stall/safe": ("async stall", "power-safe"), "durable/safe": ("async durable", "power-safe")}
 
 
 def model_of(size: int) -> torch.nn.Module:
@@ -100,7 +106,7 @@ def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, fl
 
     def power_safe() -> None:
         meta = {"epoch": 0, "position": 0, "torch_version": torch.__version__, "created": time.time()}
-        checkpoints.save(next(step), {"state.pt": lambda f: torch.save(state, f)}, meta)
+        checkpoints.save(next(step), {"state.pt": state_writer(state)}, meta)
 
     def prepare_checkpoints() -> None:
         clean()
@@ -117,20 +123,38 @@ def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, fl
     }, repeats)
     stalls, durable = [], []
     clean()
-    with Session(model, checkpoint_dir=root / "async", handle_signals=False, environ={},
+    train_step = training_load()
+    with Session(model, checkpoint_dir=root / "async", handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
                  saving=Saving(every_seconds=None, on_exit=False, in_background=True),
                  retention=Retention(keep_last=1)) as session:
+        background = session._saver._background  # noqa: SLF001 (when the save ended, without waiting for it)
         for _ in range(repeats):
             session.step_done()
-            started = time.perf_counter()
+            started = time.monotonic()
             session.save()
-            stalls.append(time.perf_counter() - started)
+            stalls.append(time.monotonic() - started)
+            while not background.done:
+                train_step()
             session.wait_for_save()
-            durable.append(time.perf_counter() - started)
+            durable.append(background.finished_at - started)
     results["async stall"] = statistics.median(stalls)
     results["async durable"] = statistics.median(durable)
     clean()
     return results
+
+
+def training_load() -> Callable[[], None]:
+    """One step of an MLP's training (forward, backward, SGD), on every core torch uses."""
+    net = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    batch = torch.randn(256, 1024)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        net(batch).square().mean().backward()
+        optimizer.step()
+
+    return step
 
 
 def main() -> None:
@@ -150,11 +174,11 @@ def main() -> None:
                                  "repeats": args.repeats, "sizes": {}}
     try:
         print(f"writing to {args.dir}; medians of {args.repeats} runs, seconds")
-        print("  ".join(f"{h:>16}" for h in ["size", *HEADER, "safe/save+fsync", "safe/floor"]))
+        print("  ".join(f"{h:>16}" for h in ["size", *HEADER, *RATIOS]))
         for label, size in sizes:
             figures = bench_size(size, args.repeats, root, args.device)
             report["sizes"][label] = figures  # type: ignore[index]
-            ratios = [figures["power-safe"] / figures["torch.save+fsync"], figures["power-safe"] / figures["disk floor"]]
+            ratios = [figures[a] / figures[b] for a, b in RATIOS.values()]
             print("  ".join([f"{label:>16}"] + [f"{figures[h]:>16.4f}" for h in HEADER]
                             + [f"{r:>15.2f}x" for r in ratios]), flush=True)
     finally:
