@@ -3,8 +3,9 @@
 The job is the example `jobs/trainer-demo/train.py` (trainsup.trainer: it resumes from
 its newest verified checkpoint). It runs through a small runner, `job.py`, that imports
 what train.py imports, prints the time of each process's first `optimizer.step()`, and
-then runs train.py unchanged. The benchmark waits `hold` seconds after each first step,
-SIGKILLs the process and times death → the next first step, under
+then runs train.py unchanged. The benchmark waits `hold` seconds after each first step
+(and, with a standby, until the standby is ready), SIGKILLs the process and times
+death → the next first step, under
 
 - trainsup with its warm standby (the default: docs/standby.md),
 - trainsup with `standby: false` (a fresh interpreter: import torch again),
@@ -50,7 +51,7 @@ sys.argv = [{str(DEMO)!r}, *sys.argv[1:]]
 runpy.run_path({str(DEMO)!r}, run_name="__main__")
 """
 FIRST = re.compile(r"BENCH first_step (\d+\.\d+) pid (\d+)")
-ARGS = ["--epochs", "100000"]
+ARGS = ["--epochs", "100000", "--patience", "100000"]  # it never ends by itself
 
 
 def kill_cycle(output: Callable[[], str], kills: int, hold: float, timeout: float,
@@ -74,7 +75,10 @@ def kill_cycle(output: Callable[[], str], kills: int, hold: float, timeout: floa
         if before_kill is not None:
             before_kill()
         death = time.time()
-        os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            raise RuntimeError(f"the job (pid {pid}) ended by itself before its kill") from None
     return gaps
 
 
@@ -119,7 +123,12 @@ def trainsup(folder: Path, kills: int, hold: float, standby: bool) -> dict[str, 
             paths = sorted(logs.glob("attempt-*.log"), key=lambda p: int(p.stem.split("-")[1]))
             return "".join(p.read_text(errors="replace") for p in paths)
 
-        sample = (lambda: costs.append(_standby_cost(folder / "state"))) if standby else None
+        def ready_then_sample() -> None:
+            # a kill before the standby is ready would time the standby's own imports, not a restart
+            common.wait_for(lambda: list(logs.glob("standby-*/ready.json")), 120)
+            costs.append(_standby_cost(folder / "state"))
+
+        sample = ready_then_sample if standby else None
         gaps = kill_cycle(output, kills, hold, timeout=kills * (hold + 60) + 60, before_kill=sample)
         used = [a for a in daemon.attempts(job_id)]
         notes = [_standby_note(Path(a["run_dir"])) for a in used[1:]]

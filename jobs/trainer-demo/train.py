@@ -16,6 +16,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--lr", type=float, default=1e-2)
 parser.add_argument("--checkpoint-dir", default=None)
+parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val_acc")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -52,5 +53,5 @@ with trainer.Session(model, optimizer, scheduler, extra=state, checkpoint_dir=ar
         state["best_acc"] = max(state["best_acc"], acc)
         session.report(val_acc=acc)
         print(f"epoch {epoch}: val_acc {acc:.3f} (best {state['best_acc']:.3f})", flush=True)
-        if state["bad_epochs"] >= 3:
+        if state["bad_epochs"] >= args.patience:
             break
