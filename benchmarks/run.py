@@ -200,6 +200,7 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
         out.append(("", "final checkpoint bit-identical",
                     "yes" if exact is True else ("NO" if exact is False else str(exact)),
                     f"{fig['tensors_compared']} tensors compared", note))
+        out += importlib.import_module("bench_goodput").rows(fig)
     elif name == "hang":
         for case, c in fig["cases"].items():
             if not c.get("available"):
