@@ -20,6 +20,7 @@ from trainsup.gpu.probe import NoGpuProbe
 from trainsup.jobs import inbox
 from trainsup.jobs.requests import Control, ControlRequest, Submission
 from trainsup.jobs.spec import parse_spec
+from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Job, Store
 from trainsup.paths import StateDir
 from trainsup.supervisor.attempts import Attempts
@@ -161,6 +162,21 @@ class World:
 
     def poll(self) -> None:
         self.attempts.poll(self.clock.time())
+
+    def run_once(self, job_id: str, uptime: float = 5.0, **ended) -> LaunchPlan:
+        """One attempt of the job: started, seen running for `uptime` s, ended as `ended` says."""
+        plan = self.start(job_id)
+        self.job_started(plan)
+        self.poll()
+        self.clock.advance(uptime)
+        self.job_ended(plan, **ended)
+        self.poll()
+        return plan
+
+    def end_backoff(self, job_id: str) -> None:
+        """The backoff is over (what the daemon's `_release_backoffs` does when it is due)."""
+        if self.job(job_id).state is JobState.BACKOFF:
+            self.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, self.clock.time(), "backoff_over", "due")
 
     # --- what the monitor and the job would write -----------------------------------------
 

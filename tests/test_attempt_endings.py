@@ -27,12 +27,7 @@ def world(tmp_path: Path) -> World:
 
 
 def run_once(world: World, job_id: str, **ended) -> None:
-    plan = world.start(job_id)
-    world.job_started(plan)
-    world.poll()
-    world.clock.advance(ended.pop("uptime", 5.0))
-    world.job_ended(plan, **ended)
-    world.poll()
+    world.run_once(job_id, **ended)
 
 
 def last_attempt(world: World, job_id: str):

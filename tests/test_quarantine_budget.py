@@ -26,14 +26,8 @@ def world(tmp_path: Path) -> World:
 
 
 def end(world: World, job_id: str, **ended) -> None:
-    plan = world.start(job_id)
-    world.job_started(plan)
-    world.poll()
-    world.clock.advance(5.0)
-    world.job_ended(plan, **ended)
-    world.poll()
-    if world.job(job_id).state is JobState.BACKOFF:
-        world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "test")
+    world.run_once(job_id, **ended)
+    world.end_backoff(job_id)
 
 
 def submit(world: World) -> tuple[str, Path]:

@@ -92,10 +92,8 @@ def running(world: World, job_id: str, seconds: float) -> None:
 
 
 def due(world: World, job_id: str) -> None:
-    """The backoff is over (the daemon's `_release_backoffs`)."""
     world.clock.advance(60)
-    if world.job(job_id).state is JobState.BACKOFF:
-        world.store.set_state(job_id, JobState.BACKOFF, JobState.QUEUED, world.clock.time(), "backoff_over", "due")
+    world.end_backoff(job_id)
 
 
 def test_a_standby_waits_for_the_job_to_be_past_its_imports_then_becomes_the_next_attempt(world: World) -> None:

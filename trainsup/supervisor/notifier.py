@@ -17,7 +17,6 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
