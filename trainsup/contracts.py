@@ -59,10 +59,12 @@ STARTED_FILE = "started.json"  # monitor: the job's pid and start time
 ENDED_FILE = "ended.json"  # monitor: how the job's main process ended
 EXIT_FILE = "exit.json"  # trainer: why it is exiting (`ExitReason`), step, detail (one sentence) — `TrainerExit`
 # resume.json, trainer: which checkpoint it really started from, and the newer ones it passed over:
-#   {"select": "latest"|"best"|"fresh", "checkpoint": "step-000001200"|null, "step": 1200|0, "attempt": 2,
+#   {"select": "latest"|"best"|"fresh"|"snapshot", "checkpoint": "step-000001200"|null, "step": 1200|0, "attempt": 2,
+#    (a snapshot: "snapshot": its path in /dev/shm, "disk": the newest disk checkpoint it was newer than),
 #    "skipped": [{"checkpoint": "step-000001300", "why": "state.pt does not match its sha256 in the manifest"}]}
 # written when it resumed from a checkpoint, or started fresh because every checkpoint was skipped.
 RESUME_FILE = "resume.json"
+SNAPSHOTS_FILE = "snapshots.json"  # trainer: in-memory snapshots {"on", "why_off", "root", "budget_bytes", "every_seconds"}
 HANG_FILE = "hang.json"  # daemon: the hang verdict it killed the attempt for (a record for people)
 HEARTBEAT_DIR = "heartbeat"  # every rank: rank-<N>.json
 MONITOR_LOG = "monitor.log"  # the monitor's own stderr

@@ -15,6 +15,7 @@ from trainsup.commands.common import daemon_running, open_store, pending_submiss
 from trainsup.commands.table import format_table, state_colour
 from trainsup.contracts import (
     HEARTBEAT_DIR,
+    SNAPSHOTS_FILE,
     STANDBY_DIR_PREFIX,
     STANDBY_READY_FILE,
     latest_heartbeat,
@@ -125,10 +126,13 @@ def job_detail(state: StateDir, key: str) -> dict[str, Any]:
                 "pid": a.job_pid, "exit_code": a.exit_code, "signal": a.signal,
                 "reason": a.reason, "detail": a.detail, "checkpoint_before": a.checkpoint_before,
                 "checkpoint_after": a.checkpoint_after, "batch": a.batch.as_dict() if a.batch else None,
-                "peak_gpu_memory": a.peak_gpu_memory, "log": a.log_path,
+                "peak_gpu_memory": a.peak_gpu_memory, "log": a.log_path, "run_dir": a.run_dir,
             })
         store.close()
-    return {**summary, "attempts": attempts, "standby": _standby(state.job_dir(ref.id))}
+    running = [a for a in attempts if a["ended_at"] is None]
+    snapshots = read_json(Path(running[-1]["run_dir"]) / SNAPSHOTS_FILE) if running else None
+    return {**summary, "attempts": attempts, "standby": _standby(state.job_dir(ref.id)),
+            "snapshots": snapshots if isinstance(snapshots, dict) else None}
 
 
 def _standby(job_dir: Path) -> dict | None:
@@ -197,6 +201,9 @@ def render_detail(detail: dict[str, Any]) -> None:
         print(f"  progress: {_progress_text(detail['progress'])}")
     if detail.get("last_checkpoint"):
         print(f"  last checkpoint: {_checkpoint_text(detail['last_checkpoint'])}")
+    if snapshots := detail.get("snapshots"):
+        print("  in-memory snapshots: " + (f"on, about every {snapshots.get('every_seconds'):g} s"
+                                            if snapshots.get("on") else f"off: {snapshots.get('why_off')}"))
     if standby := detail.get("standby"):
         preloaded = ", ".join(standby.get("preloaded") or []) or "nothing"
         print(f"  warm standby: ready for attempt {standby.get('attempt')} for "

@@ -230,7 +230,11 @@ class Attempts:
         if not isinstance(record, dict):
             return
         skipped = [s for s in record.get("skipped") or [] if isinstance(s, dict)]
-        started = f"resumed from {record['checkpoint']}" if record.get("checkpoint") else "started fresh"
+        if record.get("select") == "snapshot":
+            newer = f", newer than disk {record['disk']}" if record.get("disk") else ", no disk checkpoint yet"
+            started = f"resumed from its in-memory snapshot at step {record.get('step')}{newer}"
+        else:
+            started = f"resumed from {record['checkpoint']}" if record.get("checkpoint") else "started fresh"
         passed = "; ".join(f"skipped {s.get('checkpoint')}: {s.get('why')}" for s in skipped)
         self.store.add_event(live.job_id, "resumed", f"attempt {live.number} {started}"
                                                      + (f" ({passed})" if passed else ""), now)

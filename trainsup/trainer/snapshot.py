@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from trainsup.contracts import SNAPSHOTS_FILE
 from trainsup.durable import write_json_atomic
 from trainsup.textlog import get_logger
 from trainsup.trainer import statefile
@@ -46,7 +47,7 @@ BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 SHM = Path("/dev/shm")
 INFO_FILE = "snapshot.json"
 TOKEN_FILE = ".snapshot-id"
-STATUS_FILE = "snapshots.json"  # in $TRAINSUP_RUN_DIR: whether snapshots are on, and why not
+STATUS_FILE = SNAPSHOTS_FILE  # in $TRAINSUP_RUN_DIR: whether snapshots are on, and why not
 DEFAULT_BUDGET = 2 << 30
 
 
