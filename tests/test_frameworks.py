@@ -4,6 +4,12 @@ Issue 10, "any training script is supervised right": real daemon, real `trainsup
 command, the scripts in tests/jobs/frameworks/ (none imports trainsup). Each is killed
 (SIGKILL), stopped with the daemon, or left with a truncated newest checkpoint, and must
 resume from the right file and finish its N steps.
+
+Run time is mostly interpreter starts (importing Lightning or the HF Trainer costs ~7 s of
+CPU an attempt), so: the Lightning and HF jobs of the SIGKILL and truncated-checkpoint
+tests run at once under one daemon (one thread each, on the 2 cores the jobs' imports are
+single-threaded on), checkpoints come every 5 steps of 40, and the test polls files, not
+the `trainsup` command, while it waits.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +29,7 @@ from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 
 PY = sys.executable
 FRAMEWORKS = JOBS / "frameworks"
-STEPS, SAVE_EVERY = 60, 10
+STEPS, SAVE_EVERY = 40, 5
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +66,7 @@ def _hf_spec(tmp_path: Path, name: str, **extra) -> Path:
     return write_spec(
         tmp_path / f"{name}.yaml", name=name,
         command=[PY, str(FRAMEWORKS / "hf_job.py"), "--steps", str(STEPS), "--save-every", str(SAVE_EVERY),
-                 "--step-delay", "0.01", "--out", str(tmp_path / "out.json")],
+                 "--step-delay", "0.02", "--out", str(tmp_path / "out.json")],
         checkpoint_dir="ckpt", env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
         **extra,
     )
@@ -99,8 +106,27 @@ def _kill_job(pid: int) -> None:
     os.killpg(pgid, signal.SIGKILL)
 
 
-def _final(cli: Cli, job: str, timeout: float = 120) -> dict:
-    return cli.wait_state(job, "succeeded", "failed", "cancelled", timeout=timeout)
+def _final(cli: Cli, job: str, out: Path, timeout: float = 120) -> dict:
+    """The job's end. Until `out` (written at a normal end) appears, the command (an interpreter
+    start each) is asked only once a second: on 2 cores the polling slowed the job's imports."""
+    deadline = time.monotonic() + timeout
+    ended = ("succeeded", "failed", "cancelled")
+    next_ask = 0.0
+    while not out.exists() and time.monotonic() < deadline:
+        if time.monotonic() >= next_ask:
+            if cli.job(job)["state"] in ended:
+                break
+            next_ask = time.monotonic() + 1.0
+        time.sleep(0.05)
+    return cli.wait_state(job, *ended, timeout=max(deadline - time.monotonic(), 10))
+
+
+def _both(scenario) -> None:
+    """Runs scenario("lightning") and scenario("hf") at once, re-raising the first failure."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(scenario, framework) for framework in FRAMEWORK_CASES]
+        for future in futures:
+            future.result()
 
 
 def _explain(cli: Cli, job: str, daemon: DaemonProcess) -> str:
@@ -136,40 +162,47 @@ def _names_checkpoint(message: str, framework: str) -> bool:
 
 # --- Lightning and HF -------------------------------------------------------------------
 
-@pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_three_sigkills_resume_and_finish(framework: str, cli: Cli, daemon: DaemonProcess, tmp_path: Path):
-    make_spec, steps_of = FRAMEWORK_CASES[framework]
-    spec = make_spec(tmp_path, f"{framework}-kill", restart={"initial": "0.2s", "max": "2s", "max_restarts": 5})
-    checkpoints = tmp_path / "ckpt"
+def test_three_sigkills_resume_and_finish(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    """Lightning and HF at once, each SIGKILLed three times once it wrote a new checkpoint."""
+    cli.run("group", "set", "default", "2")  # both jobs at once, whatever the number of cores
     daemon.start()
-    job = cli.submit(spec)
 
-    killed_at = [0]
-    for attempt in (1, 2, 3):
-        pid = _running_pid(cli, job, attempt)
-        killed_at.append(wait_for(lambda: (s := max(steps_of(checkpoints), default=0)) > killed_at[-1] and s,
-                                  60, 0.05, f"a checkpoint past step {killed_at[-1]} in attempt {attempt}"))
-        _kill_job(pid)
+    def scenario(framework: str) -> None:
+        make_spec, steps_of = FRAMEWORK_CASES[framework]
+        work = tmp_path / framework
+        work.mkdir()
+        spec = make_spec(work, f"{framework}-kill", restart={"initial": "0.2s", "max": "2s", "max_restarts": 5})
+        checkpoints = work / "ckpt"
+        job = cli.submit(spec)
 
-    final = _final(cli, job)
-    why = _explain(cli, job, daemon)
-    assert final["state"] == "succeeded", why
-    assert "crash loop" not in (final.get("result") or ""), why
-    attempts = final["attempts"]
-    assert [a["reason"] for a in attempts] == ["crash", "crash", "crash", "succeeded"], why
-    assert all(a["signal"] == signal.SIGKILL for a in attempts[:3]), why
-    assert _out(tmp_path)["global_step"] == STEPS
-    started = _started_messages(cli, job)
-    assert len(started) == 4 and "starting fresh" in started[0], why
-    for message in started[1:]:
-        assert _names_checkpoint(message, framework), f"{message!r} names no checkpoint\n{why}"
-    for before, after in zip(attempts[1:], attempts):
-        assert before["checkpoint_before"] == after["checkpoint_after"] is not None, why
-    resumed = [line for line in _logs(cli, job).splitlines() if line.startswith("resuming from")]
-    assert len(resumed) == 3, "the script itself says it resumed in attempts 2-4"
-    for attempt in (2, 3, 4):
-        assert _first_step(cli, job, attempt) > killed_at[attempt - 1], \
-            f"attempt {attempt} went on from the checkpoint seen before the kill ({killed_at})"
+        killed_at = [0]
+        for attempt in (1, 2, 3):
+            pid = _running_pid(cli, job, attempt)
+            killed_at.append(wait_for(lambda: (s := max(steps_of(checkpoints), default=0)) > killed_at[-1] and s, 60,
+                                      0.05, f"a {framework} checkpoint past step {killed_at[-1]} in attempt {attempt}"))
+            _kill_job(pid)
+
+        final = _final(cli, job, work / "out.json")
+        why = f"[{framework}] " + _explain(cli, job, daemon)
+        assert final["state"] == "succeeded", why
+        assert "crash loop" not in (final.get("result") or ""), why
+        attempts = final["attempts"]
+        assert [a["reason"] for a in attempts] == ["crash", "crash", "crash", "succeeded"], why
+        assert all(a["signal"] == signal.SIGKILL for a in attempts[:3]), why
+        assert _out(work)["global_step"] == STEPS, why
+        started = _started_messages(cli, job)
+        assert len(started) == 4 and "starting fresh" in started[0], why
+        for message in started[1:]:
+            assert _names_checkpoint(message, framework), f"{message!r} names no checkpoint\n{why}"
+        for before, after in zip(attempts[1:], attempts):
+            assert before["checkpoint_before"] == after["checkpoint_after"] is not None, why
+        resumed = [line for line in _logs(cli, job).splitlines() if line.startswith("resuming from")]
+        assert len(resumed) == 3, f"[{framework}] the script itself says it resumed in attempts 2-4"
+        for attempt in (2, 3, 4):
+            assert _first_step(cli, job, attempt) > killed_at[attempt - 1], \
+                f"[{framework}] attempt {attempt} went on from the checkpoint seen before the kill ({killed_at})"
+
+    _both(scenario)
 
 
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
@@ -197,7 +230,7 @@ def test_daemon_stop_interrupts_then_resumes(framework: str, cli: Cli, daemon: D
     assert not (tmp_path / "out.json").exists(), "it did not run to the end"
 
     daemon.start()
-    final = _final(cli, job)
+    final = _final(cli, job, tmp_path / "out.json")
     why = _explain(cli, job, daemon)
     assert final["state"] == "succeeded", why
     assert [a["reason"] for a in final["attempts"]] == ["interrupted", "succeeded"], why
@@ -206,50 +239,59 @@ def test_daemon_stop_interrupts_then_resumes(framework: str, cli: Cli, daemon: D
     assert _first_step(cli, job, 2) > 2 * SAVE_EVERY, "resumed from a checkpoint written before the stop"
 
 
-@pytest.mark.parametrize("framework", ["lightning", "hf"])
-def test_truncated_newest_checkpoint_is_quarantined(framework: str, cli: Cli, daemon: DaemonProcess, tmp_path: Path):
-    make_spec, steps_of = FRAMEWORK_CASES[framework]
-    # A 1.5 s backoff (no jitter) leaves time to spoil the newest checkpoint between attempts.
-    spec = make_spec(tmp_path, f"{framework}-bad",
-                     restart={"initial": "1.5s", "max": "1.5s", "factor": 1, "jitter": 0, "max_restarts": 5})
-    checkpoints = tmp_path / "ckpt"
+def test_truncated_newest_checkpoint_is_quarantined(cli: Cli, daemon: DaemonProcess, tmp_path: Path):
+    """Lightning and HF at once: each killed, its newest checkpoint truncated in the backoff."""
+    cli.run("group", "set", "default", "2")  # both jobs at once, whatever the number of cores
     daemon.start()
-    job = cli.submit(spec)
-    pid = _running_pid(cli, job, 1)
-    wait_for(lambda: max(steps_of(checkpoints), default=0) >= 2 * SAVE_EVERY, 60, 0.05, "two checkpoints")
-    _kill_job(pid)
-    cli.wait_state(job, "backoff", timeout=30)
 
-    newest_step = max(steps_of(checkpoints))
-    if framework == "lightning":
-        spoiled = max((p for p in checkpoints.glob("*.ckpt")), key=lambda p: p.stat().st_mtime_ns)
-        quarantined_name = spoiled.name
-    else:
-        spoiled = checkpoints / f"checkpoint-{newest_step}" / "model.safetensors"
-        quarantined_name = spoiled.parent.name
-    os.truncate(spoiled, 100)
-    spoiled_at = time.time()
+    def scenario(framework: str) -> None:
+        make_spec, steps_of = FRAMEWORK_CASES[framework]
+        work = tmp_path / framework
+        work.mkdir()
+        # A 2 s backoff (no jitter) leaves time to spoil the newest checkpoint between attempts
+        # (1.5 s did alone; two jobs importing at once slow the `trainsup status` that sees it).
+        spec = make_spec(work, f"{framework}-bad",
+                         restart={"initial": "2s", "max": "2s", "factor": 1, "jitter": 0, "max_restarts": 5})
+        checkpoints = work / "ckpt"
+        job = cli.submit(spec)
+        pid = _running_pid(cli, job, 1)
+        wait_for(lambda: max(steps_of(checkpoints), default=0) >= 2 * SAVE_EVERY, 60, 0.05,
+                 f"two {framework} checkpoints")
+        _kill_job(pid)
+        wait_for(lambda: cli.job(job)["state"] == "backoff", 30, 0.02, f"{framework} in backoff")
 
-    final = _final(cli, job)
-    why = _explain(cli, job, daemon)
-    attempts = final["attempts"]
-    assert attempts[1]["started_at"] > spoiled_at, "the checkpoint was spoiled before attempt 2 started"
-    assert final["state"] == "succeeded", why
-    events = _events(cli, job)
-    quarantined = [e["message"] for e in events if e["kind"] == "quarantined"]
-    assert len(quarantined) == 1 and quarantined_name in quarantined[0], why
-    moved = [p for p in (checkpoints / "quarantine").rglob(spoiled.name) if p.stat().st_size == 100]
-    assert moved, f"the truncated {spoiled.name} is under quarantine/\n{why}"
-    assert len(attempts) == 4, why  # killed, two failed loads, then the previous checkpoint
-    assert [a["reason"] for a in attempts[:3]] == ["crash", "crash", "crash"], why
-    fallback = attempts[3]["checkpoint_before"]
-    assert fallback is not None and fallback != quarantined_name, why
-    last_started = _started_messages(cli, job)[-1]
-    assert _names_checkpoint(last_started, framework) and quarantined_name not in last_started, why
-    assert fallback in last_started, why
-    if framework == "hf":
-        assert f"checkpoint-{newest_step - SAVE_EVERY}" in _logs(cli, job, "--attempt", "4"), why
-    assert _out(tmp_path)["global_step"] == STEPS
+        newest_step = max(steps_of(checkpoints))
+        if framework == "lightning":
+            spoiled = max((p for p in checkpoints.glob("*.ckpt")), key=lambda p: p.stat().st_mtime_ns)
+            quarantined_name = spoiled.name
+        else:
+            spoiled = checkpoints / f"checkpoint-{newest_step}" / "model.safetensors"
+            quarantined_name = spoiled.parent.name
+        os.truncate(spoiled, 100)
+        spoiled_at = time.time()
+
+        final = _final(cli, job, work / "out.json")
+        why = f"[{framework}] " + _explain(cli, job, daemon)
+        attempts = final["attempts"]
+        assert attempts[1]["started_at"] > spoiled_at, f"[{framework}] spoiled before attempt 2 started\n{why}"
+        assert final["state"] == "succeeded", why
+        events = _events(cli, job)
+        quarantined = [e["message"] for e in events if e["kind"] == "quarantined"]
+        assert len(quarantined) == 1 and quarantined_name in quarantined[0], why
+        moved = [p for p in (checkpoints / "quarantine").rglob(spoiled.name) if p.stat().st_size == 100]
+        assert moved, f"the truncated {spoiled.name} is under quarantine/\n{why}"
+        assert len(attempts) == 4, why  # killed, two failed loads, then the previous checkpoint
+        assert [a["reason"] for a in attempts[:3]] == ["crash", "crash", "crash"], why
+        fallback = attempts[3]["checkpoint_before"]
+        assert fallback is not None and fallback != quarantined_name, why
+        last_started = _started_messages(cli, job)[-1]
+        assert _names_checkpoint(last_started, framework) and quarantined_name not in last_started, why
+        assert fallback in last_started, why
+        if framework == "hf":
+            assert f"checkpoint-{newest_step - SAVE_EVERY}" in _logs(cli, job, "--attempt", "4"), why
+        assert _out(work)["global_step"] == STEPS, why
+
+    _both(scenario)
 
 
 # --- the resume-guide script (USERS.md story 1) -----------------------------------------
@@ -281,7 +323,7 @@ def test_guide_script_resumes_from_its_file(cli: Cli, daemon: DaemonProcess, tmp
     _wait_log(cli, job, "epoch 3 done")
     _kill_job(pid)
 
-    final = _final(cli, job)
+    final = _final(cli, job, tmp_path / "out.json")
     why = _explain(cli, job, daemon)
     assert final["state"] == "succeeded", why
     assert [a["reason"] for a in final["attempts"]] == ["crash", "succeeded"], why
@@ -309,7 +351,7 @@ def test_guide_script_killed_while_saving_fails_with_one_sentence(cli: Cli, daem
     _kill_job(pid)
     assert (checkpoints / "last_model.pth").stat().st_size == 64, "a torn, truncated file"
 
-    final = _final(cli, job)
+    final = _final(cli, job, tmp_path / "out.json")
     why = _explain(cli, job, daemon)
     assert final["state"] == "failed", why
     result = final["result"] or ""

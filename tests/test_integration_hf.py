@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -349,8 +350,9 @@ ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The same script, uninterrupted, outside the daemon."""
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], dict]]:
+    """The same script, uninterrupted, outside the daemon: started in the background at once
+    (it runs while the supervised job waits in its sleeps and backoffs), read when called."""
     _needs_hf()
     import torch
 
@@ -358,10 +360,22 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
     for name in ("TRAINSUP_RUN_DIR", "TRAINSUP_HEARTBEAT", "TRAINSUP_CHECKPOINT_DIR", "TRAINSUP_BATCH_SIZE"):
         env.pop(name, None)
-    result = subprocess.run(_command(tmp, tmp / "final.pt", "--ckpt-dir", str(tmp / "ckpt"), "--step-delay", "0"),
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(tmp / "final.pt", weights_only=True)
+    with open(tmp / "stderr", "wb") as stderr:
+        proc = subprocess.Popen(_command(tmp, tmp / "final.pt", "--ckpt-dir", str(tmp / "ckpt"), "--step-delay", "0"),
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    loaded: dict = {}
+
+    def get() -> dict:
+        if not loaded:
+            returncode = proc.wait(timeout=120)
+            assert returncode == 0, (tmp / "stderr").read_text(errors="replace")[-3000:]
+            loaded.update(torch.load(tmp / "final.pt", weights_only=True))
+        return loaded
+
+    yield get
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _assert_equal_to(reference: dict, final_path: Path) -> None:
@@ -433,7 +447,7 @@ def _explain(cli: Cli, job: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_three_sigkills_one_during_a_save_finish_equal(reference: dict, cli: Cli, daemon: DaemonProcess,
+def test_three_sigkills_one_during_a_save_finish_equal(reference: Callable[[], dict], cli: Cli, daemon: DaemonProcess,
                                                      tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -481,11 +495,11 @@ def test_three_sigkills_one_during_a_save_finish_equal(reference: dict, cli: Cli
     assert read_json(_run_dir(tmp_path, job, 4) / "exit.json")["reason"] == "finished", why
     beats = read_heartbeats(_run_dir(tmp_path, job, 4) / "heartbeat")
     assert beats and beats[0].step == STEPS and beats[0].total_steps == STEPS, why
-    _assert_equal_to(reference, final)
+    _assert_equal_to(reference(), final)
 
 
 @pytest.mark.slow
-def test_daemon_stop_saves_at_the_stop_and_resumes_with_no_step_lost(reference: dict, cli: Cli,
+def test_daemon_stop_saves_at_the_stop_and_resumes_with_no_step_lost(reference: Callable[[], dict], cli: Cli,
                                                                      daemon: DaemonProcess, tmp_path: Path) -> None:
     checkpoints = tmp_path / "ckpt"
     final = tmp_path / "final.pt"
@@ -522,7 +536,7 @@ def test_daemon_stop_saves_at_the_stop_and_resumes_with_no_step_lost(reference: 
     assert _steps(second)[0] == last_trained + 1, f"0 steps lost and none trained twice\n{why}"
     resumed = [e["message"] for e in cli.json("show", job)["events"] if e["kind"] == "resumed"]
     assert resumed and f"resumed from checkpoint-{last_trained}" in resumed[-1], why
-    _assert_equal_to(reference, final)
+    _assert_equal_to(reference(), final)
 
 
 @pytest.mark.slow

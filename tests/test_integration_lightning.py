@@ -385,17 +385,27 @@ def _explain(cli: Cli, job: str, daemon: DaemonProcess) -> str:
 _REFERENCE: dict[str, Any] = {}
 
 
-def _reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The same job run once without interruption, outside trainsup."""
-    if not _REFERENCE:
+def _start_reference(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same job run once without interruption, outside trainsup: started in the background
+    at the start of a test (it runs while the supervised job sleeps), read by _reference."""
+    if "proc" not in _REFERENCE:
         tmp = tmp_path_factory.mktemp("lightning-reference")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINSUP_")}
         env["OMP_NUM_THREADS"] = "1"
-        result = subprocess.run(_job_command(tmp / "out.pt", "--ckpt-dir", str(tmp / "ckpt")), env=env,
-                                capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stderr
-        _REFERENCE.update(torch.load(tmp / "out.pt", weights_only=True))
-    return _REFERENCE
+        with open(tmp / "stderr", "wb") as stderr:
+            _REFERENCE["proc"] = subprocess.Popen(_job_command(tmp / "out.pt", "--ckpt-dir", str(tmp / "ckpt")),
+                                                  env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _REFERENCE["tmp"] = tmp
+
+
+def _reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    _start_reference(tmp_path_factory)
+    if "result" not in _REFERENCE:
+        tmp = _REFERENCE["tmp"]
+        returncode = _REFERENCE["proc"].wait(timeout=180)
+        assert returncode == 0, (tmp / "stderr").read_text(errors="replace")
+        _REFERENCE["result"] = torch.load(tmp / "out.pt", weights_only=True)
+    return _REFERENCE["result"]
 
 
 def _compare(final: dict[str, Any], reference: dict[str, Any]) -> str:
@@ -410,6 +420,7 @@ def test_three_sigkills_one_during_a_save_finish_at_the_right_step(
     rng = random.Random(int(time.time()))
     spec = _spec(tmp_path, "lightning-kills", "--save-delay", "0.3",
                  restart={"initial": "0.2s", "max": "1s", "max_restarts": 5})
+    _start_reference(tmp_path_factory)
     ckpt = tmp_path / "ckpt"
     daemon.start()
     job = cli.submit(spec)
@@ -447,6 +458,7 @@ def test_three_sigkills_one_during_a_save_finish_at_the_right_step(
 def test_daemon_stop_saves_at_the_stop_and_loses_no_step(
         cli: Cli, daemon: DaemonProcess, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory):
     spec = _spec(tmp_path, "lightning-stop", grace_period="30s", restart={"max_restarts": 0})
+    _start_reference(tmp_path_factory)
     ckpt = tmp_path / "ckpt"
     daemon.start()
     job = cli.submit(spec)
