@@ -114,6 +114,11 @@ class Daemon:
             self.env.pop(name, None)
         self.log = self.home.parent / f"{self.home.name}-daemon.log"
         self.process: subprocess.Popen | None = None
+        # Every attempt's log and run dir stay (the default keeps the newest 10): figures read them all.
+        config = self.home.parent / f"{self.home.name}-config.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text("keep_attempts: 0\n")
+        self.env["TRAINSUP_CONFIG"] = str(config)
 
     @property
     def pid(self) -> int:
