@@ -150,7 +150,11 @@ def _standby_cost(home: Path) -> dict[str, float]:
 
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "--standby" in cmdline and any(str(home) in word for word in cmdline):
+        if "--standby" not in cmdline or not any(str(home) in word for word in cmdline):
+            continue
+        # an activated standby keeps its command line but not its dir: that one is the running attempt
+        standby_dir = Path(cmdline[cmdline.index("--standby") + 1])
+        if (standby_dir / "ready.json").exists():
             try:
                 members = [process, *process.children(recursive=True)]
                 rss = sum(m.memory_info().rss for m in members)
