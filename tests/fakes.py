@@ -87,7 +87,7 @@ class FakeLauncher:
     def kill_orphaned_job(self, run_dir: Path) -> None:
         self.orphans_killed.append(run_dir)
 
-    def start_standby(self, plan: LaunchPlan) -> Standby | None:
+    def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
         if python_entry(plan.command) is None:
             return None
         pid = self.next_pid

@@ -270,11 +270,12 @@ class Attempts:
                 continue  # a fresh job is importing what the standby would: do not compete
             live.standby_tried = True
             job = self.store.job(live.job_id)
-            if not standby_of(job.spec).enabled or job.state is not JobState.RUNNING:
+            wanted = standby_of(job.spec)
+            if not wanted.enabled or job.state is not JobState.RUNNING:
                 continue
             plan = self._plan(job, live.number + 1, job.batch, [], [])
             try:
-                standby = self.launcher.start_standby(plan)
+                standby = self.launcher.start_standby(plan, wanted.preload)
             except OSError as exc:
                 log.warning("no standby", job=job.id, error=str(exc))
                 continue

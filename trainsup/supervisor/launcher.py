@@ -37,11 +37,11 @@ from trainsup.contracts import (
 from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.store import Job
 from trainsup.supervisor import cgroup, host, standby
+from trainsup.supervisor.monitor import STOP_SIGNALS  # blocked while a monitor starts: those it handles
 from trainsup.supervisor.standby import Standby
 
 log = structlog.get_logger("trainsup.launcher")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ORPHAN_KILL_WAIT_S = 5.0
 RECORD_TIMEOUT_S = 180.0
 
@@ -99,9 +99,10 @@ class Launcher(Protocol):
     def stop(self, monitor: MonitorHandle) -> None:
         """Ask the monitor to stop its job (stop signal, SIGKILL after the grace period)."""
 
-    def start_standby(self, plan: LaunchPlan) -> Standby | None:
-        """A warm standby that can become attempt `plan.number`; None if the command cannot have one.
-        Raises OSError if it cannot be started."""
+    def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
+        """A warm standby that can become attempt `plan.number`, having imported `preload` (None:
+        what the script imports); None if the command cannot have one. Raises OSError if it
+        cannot be started."""
 
     def activate(self, standby: Standby, plan: LaunchPlan) -> MonitorHandle:
         """Write the launch file and make the standby the attempt. Raises OSError if it is gone."""
@@ -159,32 +160,30 @@ class ProcessLauncher:
 
     def start(self, plan: LaunchPlan) -> MonitorHandle:
         write_launch_file(plan, _make_cgroup(plan))
-        monitor_log = os.open(plan.run_dir / MONITOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        # Blocked here, inherited blocked: a stop request that arrives before the monitor
-        # has its handlers waits for them instead of killing it mid-start.
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trainsup.supervisor.monitor", str(plan.run_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=monitor_log,
-                stderr=monitor_log,
-                start_new_session=True,
-                env=clean_child_env(os.environ),
-            )
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            os.close(monitor_log)
+        process = _spawn_monitor([str(plan.run_dir)], plan.run_dir / MONITOR_LOG)
         return MonitorHandle(process.pid, host.create_time(process.pid), host.open_pidfd(process.pid), process)
 
     def attach(self, pid: int, started: float | None) -> MonitorHandle:
         return MonitorHandle(pid, started, host.open_pidfd(pid))
 
-    def start_standby(self, plan: LaunchPlan) -> Standby | None:
+    def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
         spec = plan.job.spec
-        return standby.start_standby(plan.run_dir.parent, plan.job.id, plan.number, plan.run_dir, plan.command,
-                                     str(spec.workdir) if spec.workdir else None, attempt_environment(plan),
-                                     standby.standby_of(spec).preload)
+        directory = standby.prepare(plan.run_dir.parent, plan.number, plan.command,
+                                    str(spec.workdir) if spec.workdir else None, attempt_environment(plan), preload)
+        if directory is None:
+            return None
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)  # its lifeline: closing our end ends it
+        try:
+            process = _spawn_monitor(["--standby", str(directory), str(plan.run_dir), str(read_end)],
+                                     directory / MONITOR_LOG, pass_fds=(read_end,))
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        log.info("standby started", job=plan.job.id, attempt=plan.number, pid=process.pid)
+        return Standby(plan.job.id, plan.number, plan.run_dir, process.pid, host.create_time(process.pid), write_end,
+                       process)
 
     def activate(self, waiting: Standby, plan: LaunchPlan) -> MonitorHandle:
         if not host.is_same_process(waiting.pid, waiting.started):
@@ -250,6 +249,23 @@ def start_recorder(run_dir: Path, state_root: Path) -> None:
                         output=result.stderr.decode(errors="replace")[-500:])
 
     threading.Thread(target=run, name="record", daemon=True).start()
+
+
+def _spawn_monitor(args: list[str], log_path: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`python -m trainsup.supervisor.monitor ARGS…` in a session of its own, its output in `log_path`."""
+    monitor_log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    # Blocked here, inherited blocked: a stop request that arrives before the monitor
+    # has its handlers waits for them instead of killing it mid-start.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainsup.supervisor.monitor", *args],
+            stdin=subprocess.DEVNULL, stdout=monitor_log, stderr=monitor_log, start_new_session=True,
+            pass_fds=pass_fds, env=clean_child_env(os.environ),
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        os.close(monitor_log)
 
 
 def _make_cgroup(plan: LaunchPlan) -> Path | None:

@@ -19,12 +19,11 @@ import threading
 from collections.abc import Mapping
 
 import structlog
-from pydantic import ValidationError
 
 from trainsup.contracts import clean_child_env
 from trainsup.jobs.spec import NotifySpec
 from trainsup.jobs.store import Attempt, Job
-from trainsup.userconfig import UserConfigError, config_path, read_config
+from trainsup.userconfig import read_section
 
 log = structlog.get_logger("trainsup.notifier")
 
@@ -34,19 +33,7 @@ EVENT_OF_ACTION = {"succeed": "succeeded", "fail": "failed", "restart": "restart
 
 def user_default() -> NotifySpec | None:
     """The `notify:` of the user's config file; None when there is none or it is broken (logged)."""
-    path = config_path()
-    try:
-        section = read_config(path).get("notify")
-    except UserConfigError as exc:
-        log.warning("cannot use the trainsup config", path=str(path), error=str(exc))
-        return None
-    if section is None:
-        return None
-    try:
-        return NotifySpec.model_validate(section)
-    except ValidationError as exc:
-        log.warning("the notify section of the trainsup config is not valid", path=str(path), error=str(exc))
-        return None
+    return read_section("notify", NotifySpec, log.warning)
 
 
 def notify_env(job: Job, attempt: Attempt | None, event: str, state: str, reason: str, message: str) -> dict[str, str]:

@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from pydantic import ValidationError
 
-from trainsup.contracts import STANDBY_DIR_PREFIX, STANDBY_FILE, clean_child_env
+from trainsup.contracts import STANDBY_DIR_PREFIX, STANDBY_FILE
 from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.spec import JobSpec, StandbySpec
-from trainsup.supervisor import host
-from trainsup.supervisor.monitor import STOP_SIGNALS
 from trainsup.supervisor.standby_process import python_entry
-from trainsup.userconfig import UserConfigError, config_path, read_config
+from trainsup.userconfig import read_section
 
 log = structlog.get_logger("trainsup.standby")
 
@@ -60,70 +55,41 @@ def standby_of(spec: JobSpec) -> StandbySpec:
     """The job's `standby:`, else the user's default (`standby:` in the config file), else on."""
     if spec.standby is not None:
         return spec.standby
-    path = config_path()
-    try:
-        section = read_config(path).get("standby")
-    except UserConfigError as exc:
-        log.warning("cannot use the trainsup config", path=str(path), error=str(exc))
-        return StandbySpec()
-    if section is None:
-        return StandbySpec()
-    try:
-        return StandbySpec.model_validate(section)
-    except ValidationError as exc:
-        log.warning("the standby setting of the trainsup config is not valid", path=str(path), error=str(exc))
-        return StandbySpec()
+    return read_section("standby", StandbySpec, log.warning) or StandbySpec()
 
 
 def standby_dir(job_dir: Path, number: int) -> Path:
     return job_dir / f"{STANDBY_DIR_PREFIX}{number}"
 
 
-def start_standby(job_dir: Path, job_id: str, number: int, run_dir: Path, command: list[str], cwd: str | None,
-                  env: dict[str, str], preload: list[str] | None) -> Standby | None:
-    """Start a standby monitor for attempt `number`; None if the command cannot have one.
+def prepare(job_dir: Path, number: int, command: list[str], cwd: str | None, env: dict[str, str],
+            preload: list[str] | None) -> Path | None:
+    """The dir of a standby for attempt `number`, with the `standby.json` its monitor reads;
+    None if the command cannot have one.
 
     Raises:
-        OSError: the standby dir or the process could not be made.
+        OSError: the dir or the file could not be written.
     """
-    if python_entry(command) is None:
+    entry = python_entry(command)
+    if entry is None:
         return None
     remove_leftovers(job_dir)
     directory = standby_dir(job_dir, number)
     make_dirs(directory, 0o700)
     write_json_atomic(directory / STANDBY_FILE, {
-        "interpreter": python_entry(command).interpreter, "command": command, "cwd": cwd,
-        "env": env, "preload": preload,
+        "interpreter": entry.interpreter, "command": command, "cwd": cwd, "env": env, "preload": preload,
     })
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    monitor_log = os.open(directory / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # as for any monitor (launcher.py)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trainsup.supervisor.monitor", "--standby", str(directory), str(run_dir),
-             str(read_end)],
-            stdin=subprocess.DEVNULL, stdout=monitor_log, stderr=monitor_log, start_new_session=True,
-            pass_fds=(read_end,), env=clean_child_env(os.environ),
-        )
-    except OSError:
-        os.close(write_end)
-        raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        os.close(read_end)
-        os.close(monitor_log)
-    log.info("standby started", job=job_id, attempt=number, pid=process.pid)
-    return Standby(job_id, number, run_dir, process.pid, host.create_time(process.pid), write_end, process)
+    return directory
 
 
 def activate(standby: Standby) -> None:
     """Tell the standby its launch file is written: it is the attempt now.
 
     Raises:
-        OSError: it is gone (its pipe is closed at the other end) or was dropped.
+        OSError: it was dropped, or is gone (its pipe is closed at the other end).
     """
-    if standby.control_fd is None or not host.is_same_process(standby.pid, standby.started):
-        raise OSError(f"the standby for attempt {standby.number} is gone")
+    if standby.control_fd is None:
+        raise OSError(f"the standby for attempt {standby.number} was dropped")
     try:
         os.write(standby.control_fd, b"activate\n")
     finally:
