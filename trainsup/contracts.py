@@ -52,6 +52,17 @@ def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key not in UNIT_ONLY_ENV}
 
 
+# --- the boot -----------------------------------------------------------------
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+ENV_BOOT_ID_FILE = "TRAINSUP_BOOT_ID_FILE"  # names another file (tests simulate reboots)
+
+
+def boot_id_path() -> Path:
+    """Where this boot's id is read: the daemon's records and the trainer's snapshots agree on it."""
+    return Path(os.environ.get(ENV_BOOT_ID_FILE) or BOOT_ID_FILE)
+
+
 # --- the run dir of an attempt: jobs/<id>/attempt-N.run/ ------------------------
 
 LAUNCH_FILE = "launch.json"  # daemon → monitor: command, cwd, env, log, lock, grace, cgroup

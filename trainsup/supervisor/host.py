@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import psutil
 
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+from trainsup.contracts import boot_id_path
 
 
 def boot_id() -> str:
-    """This boot's id; TRAINSUP_BOOT_ID_FILE overrides the file (tests simulate reboots)."""
-    path = Path(os.environ.get("TRAINSUP_BOOT_ID_FILE") or BOOT_ID_FILE)
-    return path.read_text().strip()
+    """This boot's id (`contracts.boot_id_path`)."""
+    return boot_id_path().read_text().strip()
 
 
 def create_time(pid: int) -> float | None:

@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from trainsup.contracts import SNAPSHOTS_FILE
+from trainsup.contracts import SNAPSHOTS_FILE, boot_id_path
+from trainsup.diskspace import free_bytes
 from trainsup.durable import write_json_atomic
 from trainsup.textlog import get_logger
 from trainsup.trainer import statefile
@@ -42,8 +43,6 @@ from trainsup.trainer.statefile import STATE_FILE
 
 log = get_logger()
 ENV_SNAPSHOTS = "TRAINSUP_SNAPSHOTS"  # off (0/false/no): none, whatever the script asks; on; or every N s
-ENV_BOOT_ID_FILE = "TRAINSUP_BOOT_ID_FILE"  # the supervisor's too (trainsup.supervisor.host)
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 SHM = Path("/dev/shm")
 INFO_FILE = "snapshot.json"
 TOKEN_FILE = ".snapshot-id"
@@ -78,9 +77,9 @@ class Snapshots:
 
 
 def boot_id() -> str | None:
-    """This boot's id (`TRAINSUP_BOOT_ID_FILE` names another file, for tests); None if unreadable."""
+    """This boot's id, as the daemon reads it (`contracts.boot_id_path`); None if unreadable."""
     try:
-        return Path(os.environ.get(ENV_BOOT_ID_FILE) or BOOT_ID_FILE).read_text().strip() or None
+        return boot_id_path().read_text().strip() or None
     except OSError:
         return None
 
@@ -168,7 +167,7 @@ class Snapshotter:
             self.store.prepare()
             self._remove_orphans()
             if self._budget is None:
-                free = _free(self.root)
+                free = free_bytes(self.root)
                 self._budget = min(DEFAULT_BUDGET, free // 4) if free is not None else DEFAULT_BUDGET
         self._restart_clock()
         self._write_status()
@@ -360,12 +359,4 @@ class _SnapshotDir(CheckpointDir):
         for path in self.step_dirs():
             if path.name != keep:
                 self.ops.remove_tree(path)
-
-
-def _free(path: Path) -> int | None:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize if st.f_blocks else None
 
