@@ -142,11 +142,9 @@ def preload(names: list[str]) -> list[str]:
 
 def module_files() -> dict[str, tuple[int, int]]:
     """(mtime_ns, size) of every loaded module's file and of the interpreter."""
-    files = {sys.executable: ()}
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str):
-            files[path] = ()
+    files = [sys.executable]
+    files += [path for module in list(sys.modules.values())
+              if isinstance(path := getattr(module, "__file__", None), str)]
     stamps = {}
     for path in files:
         try:
