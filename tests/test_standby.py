@@ -21,6 +21,7 @@ import pytest
 from fakes import World
 from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 from trainsup.jobs.states import JobState
+from trainsup.supervisor import cgroup
 from trainsup.supervisor.attempts import STANDBY_AFTER_S
 from trainsup.supervisor.standby_process import PythonEntry, python_entry, top_level_imports, why_stale
 
@@ -218,6 +219,27 @@ def test_after_a_sigkill_the_standby_is_the_next_attempt_as_a_fresh_process_woul
     assert "stopping" in log.read_text()  # the stop signal reached the job (not blocked in the standby)
     jobs_dir = Path(cli.env["TRAINSUP_HOME"]) / "jobs" / job
     wait_for(lambda: not list(jobs_dir.glob("standby-*")), 30, 0.1, "the standby gone with the job")
+
+
+def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_not_needed(
+        cli: Cli, daemon: DaemonProcess, work: Path) -> None:
+    """What activation needs is made while the standby waits: none of it delays a restart."""
+    daemon.start()
+    job = cli.submit(standby_spec(work))
+    standby_ready(cli, job, 2)
+    job_dir = Path(cli.env["TRAINSUP_HOME"]) / "jobs" / job
+    assert (job_dir / "attempt-2.run" / "heartbeat").is_dir()
+    standby_pid = json.loads((job_dir / "standby-2" / "ready.json").read_text())["pid"]
+    first_cgroup = json.loads((job_dir / "attempt-1.run" / "launch.json").read_text())["cgroup"]
+    if first_cgroup is not None:  # cgroups work here: the standby's process is in attempt 2's already
+        assert Path(first_cgroup).name == f"trainsup-{job}-1"
+        assert cgroup.cgroup_of(standby_pid) == Path(first_cgroup).with_name(f"trainsup-{job}-2")
+    cli.run("cancel", job)
+    cli.wait_state(job, "cancelled")
+    wait_for(lambda: not (job_dir / "attempt-2.run").exists(), 30, 0.1, "the unused run dir removed")
+    if first_cgroup is not None:
+        wait_for(lambda: not Path(first_cgroup).with_name(f"trainsup-{job}-2").exists(), 30, 0.1,
+                 "the unused cgroup removed")
 
 
 def test_a_preloaded_file_that_changed_means_a_fresh_process(cli: Cli, daemon: DaemonProcess, work: Path) -> None:

@@ -12,6 +12,7 @@ An ending always takes the same path:
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import structlog
@@ -105,15 +106,16 @@ class Attempts:
     def _launch(self, plan: LaunchPlan) -> MonitorHandle:
         """The job's standby becomes the attempt if it waits for this one; else a fresh monitor."""
         standby = self.standbys.pop(plan.job.id, None)
-        if standby is not None:
-            if standby.run_dir == plan.run_dir:
-                try:
-                    return self.launcher.activate(standby, plan)
-                except OSError as exc:
-                    if is_disk_full(exc):
-                        raise
-                    log.info("standby not used", job=plan.job.id, attempt=plan.number, error=str(exc))
-            standby.drop()
+        if standby is not None and standby.run_dir != plan.run_dir:
+            self._discard(standby)
+        elif standby is not None:
+            try:
+                return self.launcher.activate(standby, plan)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise
+                log.info("standby not used", job=plan.job.id, attempt=plan.number, error=str(exc))
+            standby.drop()  # its run dir and cgroup are this attempt's: a fresh monitor uses them
         return self.launcher.start(plan)
 
     def _record_start(self, job: Job, gpu_uuids: list[str], now: float) -> tuple[Attempt, LaunchPlan]:
@@ -285,7 +287,15 @@ class Attempts:
     def drop_standby(self, job_id: str) -> None:
         standby = self.standbys.pop(job_id, None)
         if standby is not None:
-            standby.drop()
+            self._discard(standby)
+
+    def _discard(self, standby: Standby) -> None:
+        """End a standby that will not become its attempt, and what was made for that attempt."""
+        standby.drop()
+        if standby.cgroup is not None:
+            self.cgroups_to_remove.append(standby.cgroup)  # removed once its processes are gone
+        if len(self.store.attempts(standby.job_id)) < standby.number:  # the attempt never started
+            shutil.rmtree(standby.run_dir, ignore_errors=True)
 
     def drop_standbys(self) -> None:
         for job_id in list(self.standbys):

@@ -52,6 +52,8 @@ IDLE_WAKEUP_S = 1.0
 SHUTDOWN_MARGIN_S = 15.0
 LOCK_RETRY_S = 1.0
 HEARTBEAT_POLL_S = 0.25
+STARTING_POLL_S = 0.1
+STARTING_WATCH_S = 5.0
 DISK_FULL_RETRY_S = 1.0
 
 
@@ -257,7 +259,11 @@ class Daemon:
             # Due backoffs and exited monitors wait for space: retry at a steady pace, not at once.
             interval = self.notifier.watchdog_interval
             return DISK_FULL_RETRY_S if interval is None else min(DISK_FULL_RETRY_S, interval)
+        now = self.clock.time()
         timeout = IDLE_WAKEUP_S if not self.waiting else min(IDLE_WAKEUP_S, 0.5)
+        if any(not a.started_seen and now - a.started_at < STARTING_WATCH_S for a in self.attempts.live.values()):
+            # See a new attempt run soon: `status` says so, and its standby can start (attempts.py).
+            timeout = min(timeout, STARTING_POLL_S)
         if any(a.hang_tracker and a.hang_tracker.ever_beat for a in self.attempts.live.values()):
             # Sample heartbeats often enough to learn the job's own interval, not our tick.
             timeout = min(timeout, HEARTBEAT_POLL_S)
@@ -265,7 +271,7 @@ class Daemon:
             timeout = min(timeout, interval)
         for job in self.store.jobs({JobState.BACKOFF}):
             if job.next_start_at is not None:
-                timeout = min(timeout, max(0.0, job.next_start_at - self.clock.time()))
+                timeout = min(timeout, max(0.0, job.next_start_at - now))
         return timeout
 
     def _wait(self, timeout: float) -> None:

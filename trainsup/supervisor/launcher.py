@@ -39,11 +39,13 @@ from trainsup.jobs.store import Job
 from trainsup.supervisor import cgroup, host, standby
 from trainsup.supervisor.monitor import STOP_SIGNALS  # blocked while a monitor starts: those it handles
 from trainsup.supervisor.standby import Standby
+from trainsup.supervisor.standby_process import python_entry
 
 log = structlog.get_logger("trainsup.launcher")
 
 ORPHAN_KILL_WAIT_S = 5.0
 RECORD_TIMEOUT_S = 180.0
+RECORD_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,18 @@ def attempt_environment(plan: LaunchPlan) -> dict[str, str]:
     return env
 
 
-def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None:
-    """Create the run dir and the `launch.json` the monitor reads."""
+def make_run_dir(plan: LaunchPlan) -> None:
+    """The attempt's run dir (with its heartbeat dir) and the job's checkpoint dir."""
     make_dirs(plan.heartbeat_dir, 0o700)  # the job dir, the run dir, each made durable in its parent
     checkpoint_dir = Path(plan.job.checkpoint_dir)
     # The default checkpoint dir lies in the job dir, which is ours: private like it.
     private = checkpoint_dir.is_relative_to(plan.run_dir.parent)
     checkpoint_dir.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
+
+
+def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None:
+    """Create the run dir (if a standby has not) and the `launch.json` the monitor reads."""
+    make_run_dir(plan)
     spec = plan.job.spec
     write_json_atomic(
         plan.run_dir / LAUNCH_FILE,
@@ -168,8 +175,16 @@ class ProcessLauncher:
 
     def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
         spec = plan.job.spec
+        if python_entry(plan.command) is None:
+            return None
+        # What activation would otherwise do while the restart waits: the attempt's run
+        # dir, and its cgroup, which the standby joins now (moving a process later takes
+        # milliseconds; its imports are then charged where they belong).
+        make_run_dir(plan)
+        cgroup_path = _make_cgroup(plan)
         directory = standby.prepare(plan.run_dir.parent, plan.number, plan.command,
-                                    str(spec.workdir) if spec.workdir else None, attempt_environment(plan), preload)
+                                    str(spec.workdir) if spec.workdir else None, attempt_environment(plan), preload,
+                                    cgroup_path)
         if directory is None:
             return None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)  # its lifeline: closing our end ends it
@@ -183,12 +198,12 @@ class ProcessLauncher:
             os.close(read_end)
         log.info("standby started", job=plan.job.id, attempt=plan.number, pid=process.pid)
         return Standby(plan.job.id, plan.number, plan.run_dir, process.pid, host.create_time(process.pid), write_end,
-                       process)
+                       process, cgroup_path)
 
     def activate(self, waiting: Standby, plan: LaunchPlan) -> MonitorHandle:
         if not host.is_same_process(waiting.pid, waiting.started):
             raise OSError(f"the standby for attempt {waiting.number} is gone")
-        write_launch_file(plan, _make_cgroup(plan))
+        write_launch_file(plan, waiting.cgroup)
         standby.activate(waiting)
         return MonitorHandle(waiting.pid, waiting.started, host.open_pidfd(waiting.pid), waiting.process)
 
@@ -237,18 +252,31 @@ def start_recorder(run_dir: Path, state_root: Path) -> None:
 
     def run() -> None:
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "trainsup.record", str(run_dir), str(state_root / "cache")],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=RECORD_TIMEOUT_S,
-                env=clean_child_env(os.environ), start_new_session=True)
+            with subprocess.Popen(
+                    [sys.executable, "-m", "trainsup.record", str(run_dir), str(state_root / "cache")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    env=clean_child_env(os.environ), start_new_session=True) as process:
+                _lower_priority(process.pid)  # bookkeeping: never slower restarts or training for it
+                try:
+                    _, errors = process.communicate(timeout=RECORD_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    raise
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("no run record", run_dir=str(run_dir), error=str(exc))
             return
-        if result.returncode != 0:
-            log.warning("no run record", run_dir=str(run_dir), exit_code=result.returncode,
-                        output=result.stderr.decode(errors="replace")[-500:])
+        if process.returncode != 0:
+            log.warning("no run record", run_dir=str(run_dir), exit_code=process.returncode,
+                        output=errors.decode(errors="replace")[-500:])
 
     threading.Thread(target=run, name="record", daemon=True).start()
+
+
+def _lower_priority(pid: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, RECORD_NICENESS)
+    except OSError:
+        pass  # already gone
 
 
 def _spawn_monitor(args: list[str], log_path: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:

@@ -74,6 +74,8 @@ class AttemptMonitor:
         self.warm: WarmProcess | None = None  # a standby's process, until it becomes the job
         self.standby_note: str | None = None  # for started.json: whether the standby became the job
         self.activated_at: float | None = None  # when the daemon made this standby the attempt
+        self.cgroup: str | None = None  # the memory cgroup this monitor is in (a standby joins early)
+        self.standby_dir: Path | None = None  # a standby's own dir, removed once the job runs
         self.stop_requested_at: float | None = None
         self.killed_after_grace = False
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -96,10 +98,17 @@ class AttemptMonitor:
         finally:
             if self.warm is not None:  # never handed over: the job did not start
                 self.warm.kill()
+            self._remove_standby_dir()
+
+    def _remove_standby_dir(self) -> None:
+        if self.standby_dir is not None:
+            shutil.rmtree(self.standby_dir, ignore_errors=True)  # open files (its log) live on
+            self.standby_dir = None
 
     def _run(self) -> int:
         _become_subreaper()
-        _join_cgroup(self.launch.get("cgroup"), [self.warm.process.pid] if self.warm else [])
+        if self.launch.get("cgroup") != self.cgroup:
+            self.join_cgroup(self.launch.get("cgroup"), [self.warm.process.pid] if self.warm else [])
         try:
             lock_fd = self._acquire_lock()
         except OSError as exc:  # e.g. a `.lock` planted as a symlink: one sentence, no retry can fix it
@@ -160,7 +169,22 @@ class AttemptMonitor:
              "job_created_at": _create_time(job.pid), "standby": self.standby_note,
              "activated_at": self.activated_at},
         )
+        self._remove_standby_dir()  # now, not before the hand-over, which it would delay
         return job
+
+    def join_cgroup(self, cgroup: str | None, pids: list[int]) -> None:
+        """Enter the job's memory cgroup before starting the job, so the job starts inside it
+        (with a standby process started before we joined, if any)."""
+        if not cgroup:
+            return
+        try:
+            for pid in [os.getpid(), *pids]:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+                    handle.write(str(pid))
+        except OSError as exc:
+            print(f"trainsup monitor: cannot join cgroup {cgroup}: {exc}", file=sys.stderr)
+            return
+        self.cgroup = cgroup
 
     # --- a warm standby -------------------------------------------------------
 
@@ -249,7 +273,7 @@ class AttemptMonitor:
         _signal_group(main_pid, signal.SIGTERM)
         _kill_tree(main_pid, signal.SIGTERM)
         deadline = time.monotonic() + LEFTOVER_GRACE_S
-        while _descendants(os.getpid()) or _group_alive(main_pid):
+        while _live_descendants() or _group_alive(main_pid):
             if time.monotonic() >= deadline:
                 _signal_group(main_pid, signal.SIGKILL)
                 _kill_tree(main_pid, signal.SIGKILL)
@@ -303,8 +327,7 @@ class WarmProcess:
         self.buffer = b""
 
     @classmethod
-    def start(cls, standby_dir: Path) -> "WarmProcess":
-        plan = read_json(standby_dir / STANDBY_FILE)
+    def start(cls, standby_dir: Path, plan: dict) -> "WarmProcess":
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log = os.open(standby_dir / STANDBY_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -426,17 +449,6 @@ def _create_time(pid: int) -> float | None:
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def _join_cgroup(cgroup: str | None, pids: list[int]) -> None:
-    """Enter the job's memory cgroup before starting the job, so the job starts inside it
-    (a standby process that becomes the job is moved in with us)."""
-    if not cgroup:
-        return
-    try:
-        for pid in [os.getpid(), *pids]:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
-                handle.write(str(pid))
-    except OSError as exc:
-        print(f"trainsup monitor: cannot join cgroup {cgroup}: {exc}", file=sys.stderr)
 
 
 def _signal_process(pid: int, signum: int) -> None:
@@ -464,11 +476,21 @@ def _group_alive(pgid: int) -> bool:
 def _kill_tree(main_pid: int, signum: int) -> None:
     """Signal the job's process group and every descendant of this monitor."""
     _signal_group(main_pid, signum)
-    for pid in _descendants(os.getpid()):
+    for pid in _live_descendants():
         try:
             os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _live_descendants() -> list[int]:
+    """This monitor's live descendants. Without a child (reaped or not) there are none, and
+    the scan of /proc, which costs milliseconds on a busy machine, is skipped."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return []
+    return _descendants(os.getpid())
 
 
 def _descendants(root: int) -> list[int]:
@@ -502,8 +524,10 @@ def run_standby(standby_dir: Path, run_dir: Path, control_fd: int) -> int:
     _become_subreaper()
     monitor = AttemptMonitor(run_dir, standby=True)  # first: its process must not inherit blocked stop signals
     try:
-        monitor.warm = WarmProcess.start(standby_dir)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        plan = read_json(standby_dir / STANDBY_FILE)
+        monitor.join_cgroup(plan.get("cgroup"), [])  # now, not at activation: its process starts inside
+        monitor.warm = WarmProcess.start(standby_dir, plan)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         print(f"trainsup monitor: no standby process: {exc}", flush=True)
         monitor.standby_note = "not used: it could not be started"
     if not monitor.wait_for_activation(control_fd):
@@ -512,7 +536,7 @@ def run_standby(standby_dir: Path, run_dir: Path, control_fd: int) -> int:
         shutil.rmtree(standby_dir, ignore_errors=True)
         return 0
     monitor.activate()
-    shutil.rmtree(standby_dir, ignore_errors=True)  # open files (its log) live on
+    monitor.standby_dir = standby_dir
     return monitor.run()
 
 

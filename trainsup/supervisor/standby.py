@@ -41,6 +41,7 @@ class Standby:
     started: float | None  # its create time: with the pid, its identity
     control_fd: int | None  # the write end of its lifeline
     process: subprocess.Popen | None = field(default=None, repr=False)
+    cgroup: Path | None = None  # attempt `number`'s memory cgroup, which the standby joined when it started
 
     def drop(self) -> None:
         """End the standby: it sees the end of its pipe, kills its process and exits."""
@@ -63,9 +64,9 @@ def standby_dir(job_dir: Path, number: int) -> Path:
 
 
 def prepare(job_dir: Path, number: int, command: list[str], cwd: str | None, env: dict[str, str],
-            preload: list[str] | None) -> Path | None:
+            preload: list[str] | None, cgroup: Path | None) -> Path | None:
     """The dir of a standby for attempt `number`, with the `standby.json` its monitor reads;
-    None if the command cannot have one.
+    None if the command cannot have one. The standby starts in `cgroup`, the attempt's.
 
     Raises:
         OSError: the dir or the file could not be written.
@@ -78,6 +79,7 @@ def prepare(job_dir: Path, number: int, command: list[str], cwd: str | None, env
     make_dirs(directory, 0o700)
     write_json_atomic(directory / STANDBY_FILE, {
         "interpreter": entry.interpreter, "command": command, "cwd": cwd, "env": env, "preload": preload,
+        "cgroup": str(cgroup) if cgroup else None,
     })
     return directory
 
