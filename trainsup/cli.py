@@ -90,23 +90,52 @@ def daemon() -> None:
 @app.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--name", help="Override the job's name.")
+@click.option("--state", "state_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Its own state dir (default: node-local, under $TMPDIR/trainsup-run-<uid>/).")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep a JSON report of its state in this file (what `submit --slurm` reads).")
+@click.option("--fresh", is_flag=True, help="Start over: set existing checkpoints aside instead of resuming.")
+@click.option("--again", is_flag=True, help="Run it even if it already succeeded in this state dir.")
+def run(spec: Path, name: str | None, state_dir: Path | None, report: Path | None, fresh: bool,
+        again: bool) -> None:
+    """Supervise the job in SPEC in the foreground, without a daemon, until it ends.
+
+    The daemon's restarts, OOM backoff and hang detection for one job, its log on stdout.
+    Exits 0 when the job succeeded, 1 when it failed or was cancelled, 75 when a signal
+    stopped it after a checkpoint (SIGINT, SIGTERM, SIGUSR1; inside Slurm it requeues the
+    Slurm job first). Running it again with the same job file resumes it (docs/slurm.md).
+    """
+    from trainsup.commands import run as run_command
+
+    sys.exit(_guard(lambda: run_command.run(spec, name, state_dir, report, again, fresh)))
+
+
+@app.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--name", help="Override the job's name.")
 @click.option("--follow", "-f", is_flag=True, help="Stream the log until the job ends; exit with its outcome.")
 @click.option("--fresh", is_flag=True, help="Start over: set existing checkpoints aside instead of resuming.")
 @click.option("--again", is_flag=True, help="Queue it even if the same job already succeeded or is queued.")
 @click.option("--delay", metavar="DURATION", help="Start no sooner than this from now (30s, 5m, 2h).")
+@click.option("--slurm", is_flag=True, help="Submit it to Slurm with sbatch instead (docs/slurm.md).")
+@click.option("--dry-run", is_flag=True, help="With --slurm: print the sbatch script; submit nothing.")
 @json_option
 def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool, delay: str | None,
-           as_json: bool) -> None:
+           slurm: bool, dry_run: bool, as_json: bool) -> None:
     """Queue the job in SPEC durably; it runs when the daemon is up.
 
     The same job file submitted again while its job is queued, running or succeeded
     is skipped (so resubmitting a sweep reruns only what did not succeed), unless
-    --again or --fresh.
+    --again or --fresh. With --slurm it goes to a Slurm cluster instead, where
+    `trainsup run` supervises it inside each allocation and requeues it at its time limit.
     """
     from trainsup.commands import common, logs, submit as submit_command
     from trainsup.units import parse_duration
 
     state = _state()
+    if slurm or dry_run:
+        _submit_slurm(state, spec, name, slurm, dry_run, follow, fresh, delay, as_json)
+        return
     try:
         delay_s = parse_duration(delay) if delay is not None else None
     except ValueError as exc:
@@ -137,6 +166,39 @@ def submit(spec: Path, name: str | None, follow: bool, fresh: bool, again: bool,
         final = _guard(lambda: logs.follow(state, submission.job_id))
         click.echo(f"trainsup: job {submission.job_id} {final}", err=True)
         sys.exit(logs.exit_code_for(final))
+
+
+def _submit_slurm(state: StateDir, spec: Path, name: str | None, slurm: bool, dry_run: bool, follow: bool,
+                  fresh: bool, delay: str | None, as_json: bool) -> None:
+    from trainsup.commands import slurm as slurm_command
+
+    if not slurm:
+        raise click.UsageError("--dry-run goes with --slurm")
+    if fresh or delay is not None:
+        raise click.UsageError("--fresh and --delay do not go with --slurm (sbatch --begin delays a Slurm job)")
+    if dry_run:
+        job, text = _guard(lambda: slurm_command.render_script(spec, name, state))
+        _print_json({"name": job.name, "script": text}) if as_json else click.echo(text, nl=False)
+        return
+    job = _guard(lambda: slurm_command.submit(spec, name, state))
+    if as_json:
+        _print_json({"id": f"slurm:{job.slurm_id}", "slurm_id": job.slurm_id, "name": job.name, "log": job.log})
+    else:
+        click.echo(f"submitted {job.name} to Slurm as job {job.slurm_id} (`trainsup status slurm:{job.slurm_id}`;"
+                   f" log {job.log})")
+    if follow:
+        final = _guard(lambda: slurm_command.print_log(state, f"slurm:{job.slurm_id}", None, True, False))
+        click.echo(f"trainsup: Slurm job {job.slurm_id} {final}", err=True)
+        sys.exit(0 if final == "succeeded" else 1)
+
+
+def _slurm_job(key: str | None) -> Any:
+    """The Slurm job JOB names, or None for a local one (commands.slurm.claim)."""
+    if key is None:
+        return None
+    from trainsup.commands import slurm as slurm_command
+
+    return _guard(lambda: slurm_command.claim(_state(), key))
 
 
 def _submit_sweep(state: StateDir, spec: Path, sweep: tuple, fresh: bool, again: bool, delay: float | None,
@@ -187,9 +249,19 @@ def status(job: str | None, watch: bool, interval: float, sweep: str | None, as_
         return
     if (full := diskspace.notice(state)) is not None:
         click.echo(f"trainsup: {full}", err=True)
-    if job is None:
+    from trainsup.commands import slurm as slurm_command
+
+    if (slurm_job := _slurm_job(job)) is not None:
+        found = _guard(lambda: slurm_command.detail(state, f"slurm:{slurm_job.slurm_id}"))
+        _print_json(found) if as_json else slurm_command.render_detail(found)
+    elif job is None:
         rows = _guard(lambda: status_command.job_rows(state))
-        _print_json(rows) if as_json else status_command.render_table(rows, use_colour(sys.stdout))
+        slurm_rows = _guard(lambda: slurm_command.rows(state))
+        if as_json:
+            _print_json(rows + slurm_rows)
+        else:
+            status_command.render_table(rows, use_colour(sys.stdout))
+            slurm_command.render_rows(slurm_rows)
     else:
         detail = _guard(lambda: status_command.job_detail(state, job))
         _print_json(detail) if as_json else status_command.render_detail(detail)
@@ -211,6 +283,15 @@ def logs(job: str, follow: bool, attempt: int | None, tail: int | None, as_json:
     from trainsup.commands import logs as logs_command
 
     state = _state()
+    if (slurm_job := _slurm_job(job)) is not None:
+        from trainsup.commands import slurm as slurm_command
+
+        if attempt is not None:
+            raise click.UsageError("--attempt is for local jobs; a Slurm job's log is one file")
+        final = _guard(lambda: slurm_command.print_log(state, f"slurm:{slurm_job.slurm_id}", tail, follow, as_json))
+        if follow:
+            sys.exit(0 if final == "succeeded" else 1)
+        return
     if follow:
         final = _guard(lambda: logs_command.follow(state, job, tail, as_json=as_json))
         sys.exit(logs_command.exit_code_for(final))
@@ -242,7 +323,16 @@ def cancel(job: str, force: bool, as_json: bool) -> None:
 
     Asked again while the job stops, it says how long is left before the SIGKILL.
     Exits 1 without asking the daemon when the job already succeeded or failed.
+    A Slurm job is cancelled with scancel.
     """
+    if (slurm_job := _slurm_job(job)) is not None:
+        from trainsup.commands import slurm as slurm_command
+
+        if force:
+            raise click.UsageError("--force is for local jobs; Slurm kills what is left after its KillWait")
+        answer = _guard(lambda: slurm_command.cancel(_state(), f"slurm:{slurm_job.slurm_id}"))
+        _print_json(answer) if as_json else click.echo(answer["message"])
+        return
     _control(job, "cancel", as_json, force)
 
 
@@ -357,6 +447,14 @@ def show(job: str, record: bool, attempt: int | None, as_json: bool) -> None:
     """The job's spec and its timeline of events; with --env, the record of what ran."""
     from trainsup.commands import show as show_command
 
+    if (slurm_job := _slurm_job(job)) is not None:
+        from trainsup.commands import slurm as slurm_command
+
+        if record:
+            raise click.UsageError("--env is for local jobs; `trainsup show --env` inside the allocation's state dir")
+        found = _guard(lambda: slurm_command.show(_state(), f"slurm:{slurm_job.slurm_id}"))
+        _print_json(found) if as_json else slurm_command.render_show(found)
+        return
     if record:
         found = _guard(lambda: show_command.job_record(_state(), job, attempt))
         _print_json(found) if as_json else show_command.render_record(found)

@@ -7,7 +7,8 @@
     ├── DaemonAlreadyRunningError another daemon holds the state dir
     ├── IllegalTransitionError    a job state change the state machine forbids
     ├── ServiceError              the systemd service cannot be installed
-    └── DatabaseVersionError      the database was written by another version of trainsup
+    ├── DatabaseVersionError      the database was written by another version of trainsup
+    └── SlurmError                a Slurm command is missing or refused a request
 """
 
 
@@ -45,3 +46,7 @@ class DatabaseVersionError(TrainsupError):
     """The database's schema is newer than this trainsup reads, or older and not upgraded yet."""
 
     exit_code = 5
+
+
+class SlurmError(TrainsupError):
+    """sbatch, squeue, scontrol or scancel is not installed, or answered with an error."""

@@ -281,6 +281,30 @@ class NotifySpec(_Strict):
         return data
 
 
+SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=[^\x00-\x1f]*)?|-[A-Za-z]( [^\x00-\x1f]*)?")
+
+
+class SlurmSpec(_Strict):
+    """Where and how long the job runs on a Slurm cluster (`trainsup submit --slurm`, docs/slurm.md)."""
+
+    partition: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,-]{1,200}$")] | None = None
+    account: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,200}$")] | None = None
+    qos: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,200}$")] | None = None
+    time: Duration | None = Field(default=None, gt=0)  # the allocation's time limit; each requeue gets it again
+    cpus_per_task: Count | None = Field(default=None, ge=1)
+    mem: Annotated[str, Field(pattern=r"^[0-9]+[KMGT]?$")] | None = None  # Slurm's own form: 16G
+    sbatch: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=64)
+    """More `#SBATCH` options, each one as `--option=value` (or `-C a100`)."""
+
+    @field_validator("sbatch")
+    @classmethod
+    def _options_only(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not SBATCH_OPTION.fullmatch(line):
+                raise ValueError(f"{line!r} is not one sbatch option such as --constraint=a100")
+        return lines
+
+
 class JobSpec(_Strict):
     """The blueprint of a job. Paths are resolved when the job is submitted."""
 
@@ -310,6 +334,7 @@ class JobSpec(_Strict):
     resume: ResumeArgs | None = None
     standby: StandbySpec | None = None  # None: the user's default (`standby:` in the config file), else on
     notify: NotifySpec | None = None  # None: the user's default (notifier.user_default)
+    slurm: SlurmSpec | None = None  # only `trainsup submit --slurm` reads it
 
     @model_validator(mode="after")
     def _resume_needs_the_checkpoint_dir(self) -> "JobSpec":
