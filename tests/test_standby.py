@@ -23,6 +23,7 @@ from support import JOBS, Cli, DaemonProcess, wait_for, write_spec
 from trainsup.jobs.states import JobState
 from trainsup.supervisor import cgroup
 from trainsup.supervisor.attempts import STANDBY_AFTER_S
+from trainsup.supervisor.daemon import IDLE_WAKEUP_S, STARTING_POLL_S, STARTING_WATCH_S, Daemon
 from trainsup.supervisor.standby_process import PythonEntry, python_entry, top_level_imports, why_stale
 
 PY = sys.executable
@@ -154,6 +155,22 @@ def test_a_gone_standby_means_a_fresh_monitor(world: World) -> None:
     world.start(job_id)
     assert world.launcher.activated == []
     assert world.store.attempts(job_id)[-1].monitor_pid != standby.pid
+
+
+def test_the_daemon_looks_again_soon_while_a_new_attempt_is_not_seen_running(world: World) -> None:
+    """Seen running within 0.1 s, not at the next idle tick: `status` says so, and a warm
+    attempt's own standby starts then (its job may live only a second)."""
+    daemon = Daemon(world.state, clock=world.clock, launcher=world.launcher)
+    daemon.store, daemon.attempts = world.store, world.attempts
+    assert daemon._next_timeout() == IDLE_WAKEUP_S
+    plan = world.start(world.submit(command=["python", "train.py"]))
+    assert daemon._next_timeout() == STARTING_POLL_S
+    world.job_started(plan)
+    world.poll()
+    assert daemon._next_timeout() == IDLE_WAKEUP_S
+    stuck = world.start(world.submit(name="stuck", command=["python", "train.py"]))  # e.g. waiting for a lock
+    world.clock.advance(STARTING_WATCH_S)
+    assert daemon._next_timeout() == IDLE_WAKEUP_S and not world.attempts.live[stuck.job.id].started_seen
 
 
 # --- end to end: the real daemon, monitor and standby process ------------------------------------
