@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from fakes import T0, World
 from jobs.step_checkpoint import commit as commit_checkpoint
 from trainsup.batch import Batch
-from trainsup.contracts import EXIT_PREEMPTED, RESUME_FILE, TrainerExit
+from trainsup.contracts import EXIT_PREEMPTED, RESUME_FILE, TrainerExit, read_ended, read_launch
 from trainsup.durable import write_json_atomic
 from trainsup.jobs.states import EndReason, JobState
 from trainsup.supervisor.launcher import attempt_environment
@@ -40,12 +42,21 @@ def test_start_writes_the_plan_and_every_state_change_has_its_event(world: World
     assert world.job(job_id).state is JobState.STARTING
     env = attempt_environment(plan)
     assert (env["TRAINSUP_ATTEMPT"], env["TRAINSUP_BATCH_SIZE"], env["TRAINSUP_GRAD_ACCUM"]) == ("1", "16", "4")
-    assert (plan.run_dir / "launch.json").exists()
+    launch = read_launch(plan.run_dir)
+    assert launch is not None and launch.command == ["/bin/sh", "-c", "true"]
+    assert (launch.env["TRAINSUP_ATTEMPT"], launch.grace_period, launch.stop_signal) == ("1", 30.0, "SIGTERM")
     world.job_started(plan, job_pid=4242)
     world.poll()
     assert world.job(job_id).state is JobState.RUNNING
     assert last_attempt(world, job_id).job_pid == 4242
     assert world.events(job_id) == ["submitted", "attempt_started", "attempt_running"]
+
+
+def test_a_monitor_without_a_valid_launch_file_records_why_it_started_nothing(tmp_path: Path) -> None:
+    (tmp_path / "launch.json").write_text('{"command": ["true"]}')  # the rest is missing
+    subprocess.run([sys.executable, "-m", "trainsup.supervisor.monitor", str(tmp_path)], check=True, timeout=30)
+    ended = read_ended(tmp_path)
+    assert ended is not None and ended.spawn_error == f"no valid launch.json in {tmp_path}"
 
 
 def test_exit_0_succeeds(world: World) -> None:

@@ -93,6 +93,40 @@ STANDBY_READY_FILE = "ready.json"  # standby monitor: {"pid", "attempt", "preloa
 ExitReason = Literal["finished", "preempted", "oom", "error", "config_error"]
 
 
+class LaunchRecord(NamedTuple):
+    """`launch.json`: everything an attempt's monitor needs, decided by the daemon."""
+
+    command: list[str]
+    cwd: str | None
+    env: dict[str, str]
+    log_path: str
+    lock_path: str  # held while the job runs: two attempts of one job never overlap
+    grace_period: float  # from the stop signal to SIGKILL
+    stop_signal: str | None = None  # a signal name; None: SIGTERM
+    cgroup: str | None = None  # the attempt's memory cgroup, if trainsup could make one
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @classmethod
+    def from_json(cls, payload: Any) -> "LaunchRecord | None":
+        if not isinstance(payload, Mapping):
+            return None
+        try:
+            return cls(
+                command=[str(arg) for arg in payload["command"]],
+                cwd=payload.get("cwd") if isinstance(payload.get("cwd"), str) else None,
+                env={str(k): str(v) for k, v in payload["env"].items()},
+                log_path=str(payload["log_path"]),
+                lock_path=str(payload["lock_path"]),
+                grace_period=float(payload["grace_period"]),
+                stop_signal=payload.get("stop_signal") if isinstance(payload.get("stop_signal"), str) else None,
+                cgroup=payload.get("cgroup") if isinstance(payload.get("cgroup"), str) else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 class EndedRecord(NamedTuple):
     """`ended.json`: what the monitor saw when the job's main process ended."""
 
@@ -159,6 +193,10 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def read_launch(run_dir: Path) -> LaunchRecord | None:
+    return LaunchRecord.from_json(read_json(run_dir / LAUNCH_FILE))
 
 
 def read_ended(run_dir: Path) -> EndedRecord | None:

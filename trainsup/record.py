@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainsup.contracts import LAUNCH_FILE, STARTED_FILE, read_json
+from trainsup.contracts import STARTED_FILE, read_json, read_launch
 from trainsup.durable import write_json_atomic
 
 RECORD_FILE = "record.json"
@@ -72,9 +72,9 @@ print(json.dumps(out))
 
 
 def gather(run_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
-    launch = read_json(run_dir / LAUNCH_FILE) or {}
-    env: dict[str, str] = launch.get("env") or {}
-    cwd = launch.get("cwd")
+    launch = read_launch(run_dir)
+    env = launch.env if launch else {}
+    cwd = launch.cwd if launch else None
     return {
         "version": RECORD_VERSION,
         "recorded_at": time.time(),
@@ -82,7 +82,7 @@ def gather(run_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
         "boot_id": _boot_id(),
         "workdir": cwd,
         "git": git_state(cwd) if cwd else None,
-        "python": python_state(launch.get("command") or [], env, cwd, cache_dir),
+        "python": python_state(launch.command if launch else [], env, cwd, cache_dir),
         "gpus": [uuid for uuid in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if uuid],
     }
 

@@ -31,6 +31,7 @@ from trainsup.contracts import (
     LOCK_FILE,
     MONITOR_LOG,
     STARTED_FILE,
+    LaunchRecord,
     clean_child_env,
     read_json,
 )
@@ -147,19 +148,17 @@ def write_launch_file(plan: LaunchPlan, cgroup_path: Path | None = None) -> None
     """Create the run dir (if a standby has not) and the `launch.json` the monitor reads."""
     make_run_dir(plan)
     spec = plan.job.spec
-    write_json_atomic(
-        plan.run_dir / LAUNCH_FILE,
-        {
-            "command": plan.command,
-            "cwd": str(spec.workdir) if spec.workdir else None,
-            "env": attempt_environment(plan),
-            "log_path": str(plan.log_path),
-            "lock_path": str(Path(plan.job.checkpoint_dir) / LOCK_FILE),
-            "grace_period": spec.grace_period,
-            "stop_signal": spec.stop_signal,
-            "cgroup": str(cgroup_path) if cgroup_path else None,
-        },
+    record = LaunchRecord(
+        command=plan.command,
+        cwd=str(spec.workdir) if spec.workdir else None,
+        env=attempt_environment(plan),
+        log_path=str(plan.log_path),
+        lock_path=str(Path(plan.job.checkpoint_dir) / LOCK_FILE),
+        grace_period=spec.grace_period,
+        stop_signal=spec.stop_signal,
+        cgroup=str(cgroup_path) if cgroup_path else None,
     )
+    write_json_atomic(plan.run_dir / LAUNCH_FILE, record.to_json())
 
 
 class ProcessLauncher:

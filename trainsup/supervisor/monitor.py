@@ -8,8 +8,8 @@ descendant escapes, and when the job ends it reaps every descendant and writes
 
     python -m trainsup.supervisor.monitor RUN_DIR
 
-RUN_DIR/launch.json holds: command, cwd, env, log_path, lock_path, grace_period,
-stop_signal, cgroup. SIGTERM to the monitor = stop the job: its `stop_signal` to the
+RUN_DIR/launch.json (`contracts.LaunchRecord`) holds the command, its cwd and env, the
+log, the lock, the stop signal, the grace period and the cgroup. SIGTERM to the monitor = stop the job: its `stop_signal` to the
 job's main process only (its children, e.g. DataLoader workers or torchrun's workers,
 are its business), SIGKILL to the whole tree after the grace period.
 
@@ -50,8 +50,10 @@ from trainsup.contracts import (
     STANDBY_READY_FILE,
     STARTED_FILE,
     EndedRecord,
+    LaunchRecord,
     open_lock_file,
     read_json,
+    read_launch,
     try_lock,
 )
 from trainsup.durable import make_dirs, write_json_atomic
@@ -70,7 +72,7 @@ STANDBY_PROCESS = Path(__file__).with_name("standby_process.py")
 class AttemptMonitor:
     def __init__(self, run_dir: Path, standby: bool = False):
         self.run_dir = run_dir
-        self.launch = {} if standby else read_json(run_dir / LAUNCH_FILE)  # a standby's comes when activated
+        self.launch: LaunchRecord | None = None if standby else read_launch(run_dir)  # a standby's: when activated
         self.warm: WarmProcess | None = None  # a standby's process, until it becomes the job
         self.standby_note: str | None = None  # for started.json: whether the standby became the job
         self.activated_at: float | None = None  # when the daemon made this standby the attempt
@@ -107,8 +109,11 @@ class AttemptMonitor:
 
     def _run(self) -> int:
         _become_subreaper()
-        if self.launch.get("cgroup") != self.cgroup:
-            self.join_cgroup(self.launch.get("cgroup"), [self.warm.process.pid] if self.warm else [])
+        if self.launch is None:
+            self._record_end(exit_code=None, signum=None, spawn_error=f"no valid {LAUNCH_FILE} in {self.run_dir}")
+            return 0
+        if self.launch.cgroup != self.cgroup:
+            self.join_cgroup(self.launch.cgroup, [self.warm.process.pid] if self.warm else [])
         try:
             lock_fd = self._acquire_lock()
         except OSError as exc:  # e.g. a `.lock` planted as a symlink: one sentence, no retry can fix it
@@ -120,7 +125,7 @@ class AttemptMonitor:
         try:
             job = self._spawn(lock_fd)
         except OSError as exc:
-            self._record_end(exit_code=None, signum=None, spawn_error=f"cannot start {self.launch['command'][0]!r}: {exc.strerror or exc}")
+            self._record_end(exit_code=None, signum=None, spawn_error=f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}")
             return 0
         status = self._wait(job)
         self._reap_leftovers(job.pid)
@@ -134,7 +139,7 @@ class AttemptMonitor:
 
     def _acquire_lock(self) -> int | None:
         """Hold the checkpoint-dir lock so that two attempts of one job never overlap."""
-        lock_path = Path(self.launch["lock_path"])
+        lock_path = Path(self.launch.lock_path)
         make_dirs(lock_path.parent, mode=0o755)  # the job's checkpoint dir: durable, never group/other-writable
         fd = open_lock_file(lock_path)
         while not try_lock(fd):
@@ -145,13 +150,13 @@ class AttemptMonitor:
         return fd
 
     def _spawn(self, lock_fd: int) -> subprocess.Popen:
-        log = os.open(self.launch["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log = os.open(self.launch.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             job = self._hand_over(log, lock_fd) if self.warm is not None else None
             job = job or subprocess.Popen(
-                self.launch["command"],
-                cwd=self.launch["cwd"],
-                env=self.launch["env"],
+                self.launch.command,
+                cwd=self.launch.cwd,
+                env=self.launch.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -211,14 +216,14 @@ class AttemptMonitor:
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
-        self.launch = read_json(self.run_dir / LAUNCH_FILE)
+        self.launch = read_launch(self.run_dir)
 
     def _hand_over(self, log_fd: int, lock_fd: int) -> subprocess.Popen | None:
         """The standby becomes the job; None (and why, in `standby_note`) if it cannot."""
         warm, self.warm = self.warm, None
         why = warm.wait_ready(STANDBY_READY_WAIT_S, lambda: self.stop_requested_at is not None)
         if why is None:
-            payload = {"command": self.launch["command"], "cwd": self.launch["cwd"], "env": self.launch["env"]}
+            payload = {"command": self.launch.command, "cwd": self.launch.cwd, "env": self.launch.env}
             why = warm.activate(payload, [log_fd, lock_fd])
         if why is None:
             self.standby_note = "used"
@@ -238,8 +243,8 @@ class AttemptMonitor:
                 return status
             if self.stop_requested_at is not None and not sent_stop:
                 sent_stop = True
-                _signal_process(job.pid, signal.Signals[self.launch.get("stop_signal") or "SIGTERM"])
-                kill_deadline = self.stop_requested_at + float(self.launch["grace_period"])
+                _signal_process(job.pid, signal.Signals[self.launch.stop_signal or "SIGTERM"])
+                kill_deadline = self.stop_requested_at + self.launch.grace_period
             if kill_deadline is not None and time.monotonic() >= kill_deadline and not self.killed_after_grace:
                 self.killed_after_grace = True
                 _kill_tree(job.pid, signal.SIGKILL)

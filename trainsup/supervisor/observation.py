@@ -16,12 +16,12 @@ from pathlib import Path
 from trainsup.contracts import (
     EXIT_PREEMPTED,
     HEARTBEAT_DIR,
-    LAUNCH_FILE,
     STARTED_FILE,
     EndedRecord,
     TrainerExit,
     describe_exit,
     read_json,
+    read_launch,
     read_trainer_exit,
 )
 from trainsup.jobs.store import Attempt, Job
@@ -111,8 +111,8 @@ def observe(
     """
     run_dir = Path(attempt.run_dir)
     started = read_json(run_dir / STARTED_FILE) or {}
-    launch = read_json(run_dir / LAUNCH_FILE) or {}
-    cgroup_path = Path(launch["cgroup"]) if launch.get("cgroup") else None
+    launch = read_launch(run_dir)
+    cgroup_path = Path(launch.cgroup) if launch and launch.cgroup else None
     common = dict(
         stop_requested=job.stop_requested,
         trainer_exit=read_trainer_exit(run_dir),
