@@ -124,7 +124,7 @@ class World:
         state.ensure()
         store = store or Store.open(state.db)
         clock, launcher = FakeClock(), FakeLauncher()
-        attempts = Attempts(store, state, boot_id, GpuBook(NoGpuProbe()), launcher, clock, random.Random(0))
+        attempts = Attempts(store, state, boot_id, GpuBook(NoGpuProbe(), clock), launcher, clock, random.Random(0))
         return cls(state, store, clock, launcher, attempts, Intake(store, state, attempts), boot_id)
 
     def reborn(self, boot_id: str | None = None) -> "World":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import FakeClock
 from trainsup.gpu import GpuInfo, GpuProcess
+from trainsup.gpu.probe import NoGpuProbe
+from trainsup.supervisor.gpus import SAMPLE_INTERVAL_S, GpuBook
 from trainsup.supervisor.placement import (
     DEFAULT_TOLERANCE_BYTES,
     GpuRequest,
@@ -150,3 +153,22 @@ RELEASED_CASES = [
 )
 def test_gpus_released(job_pids, uuids, processes, gpus, baseline, expected) -> None:
     assert gpus_released(job_pids, uuids, processes, gpus, baseline, DEFAULT_TOLERANCE_BYTES) == expected
+
+
+def test_the_gpu_book_reads_the_gpus_at_most_once_a_second_by_its_clock() -> None:
+    class CountingProbe(NoGpuProbe):
+        reads = 0
+
+        def gpus(self) -> list[GpuInfo]:
+            self.reads += 1
+            return [gpu(0)]
+
+    probe, clock = CountingProbe(), FakeClock()
+    book = GpuBook(probe, clock)
+    book.refresh()
+    book.refresh()
+    assert probe.reads == 1 and [g.uuid for g in book.gpus] == ["GPU-0"]
+    clock.advance(SAMPLE_INTERVAL_S)
+    book.refresh()
+    book.refresh(force=True)
+    assert probe.reads == 3

@@ -121,7 +121,7 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot write the disk-status file", path=str(self.state.disk_status), error=str(exc))
         self.store = Store.open(self.state.db)
-        self.gpus = GpuBook(self.probe or probe_from_env(os.environ))
+        self.gpus = GpuBook(self.probe or probe_from_env(os.environ), self.clock)
         self.attempts = Attempts(self.store, self.state, self.boot_id or host.boot_id(), self.gpus,
                                  self.launcher, self.clock)
         self.intake = Intake(self.store, self.state, self.attempts)

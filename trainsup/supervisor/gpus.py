@@ -7,13 +7,13 @@ never races a dying process for memory.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import psutil
 import structlog
 
 from trainsup.gpu.probe import GpuInfo, GpuProbe, GpuProcess, GpuUnavailableError
+from trainsup.supervisor.clock import Clock, SystemClock
 from trainsup.supervisor.placement import GpuRequest, gpus_released, idle_baseline, place, unplaceable
 
 log = structlog.get_logger("trainsup.gpus")
@@ -42,19 +42,21 @@ class _SharedGrant:
 @dataclass
 class GpuBook:
     probe: GpuProbe
+    clock: Clock = field(default_factory=SystemClock)  # paces the sampling
     grants: dict[str, str] = field(default_factory=dict)  # gpu uuid → job id holding it exclusively
     shared: dict[str, _SharedGrant] = field(default_factory=dict)  # job id → its shared grant
     baseline: dict[str, int] = field(default_factory=dict)
     releasing: dict[str, _Releasing] = field(default_factory=dict)  # job id → what it still holds
     gpus: list[GpuInfo] = field(default_factory=list)
     processes: list[GpuProcess] = field(default_factory=list)
-    _sampled_at: float = 0.0
+    _sampled_at: float | None = None  # never yet
 
     def refresh(self, force: bool = False) -> None:
         """Read the GPUs, at most once per SAMPLE_INTERVAL_S unless forced."""
-        if not force and time.monotonic() - self._sampled_at < SAMPLE_INTERVAL_S:
+        now = self.clock.monotonic()
+        if not force and self._sampled_at is not None and now - self._sampled_at < SAMPLE_INTERVAL_S:
             return
-        self._sampled_at = time.monotonic()
+        self._sampled_at = now
         try:
             self.gpus, self.processes = self.probe.gpus(), self.probe.processes()
         except GpuUnavailableError as exc:
