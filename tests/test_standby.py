@@ -24,7 +24,14 @@ from trainsup.jobs.states import JobState
 from trainsup.supervisor import cgroup
 from trainsup.supervisor.attempts import STANDBY_AFTER_S
 from trainsup.supervisor.daemon import IDLE_WAKEUP_S, STARTING_POLL_S, STARTING_WATCH_S, Daemon
-from trainsup.supervisor.standby_process import PythonEntry, python_entry, top_level_imports, why_stale
+from trainsup.supervisor.standby_process import (
+    PythonEntry,
+    module_source,
+    preload_of,
+    python_entry,
+    top_level_imports,
+    why_stale,
+)
 
 PY = sys.executable
 
@@ -58,6 +65,25 @@ def test_top_level_imports_are_what_a_standby_preloads(tmp_path: Path) -> None:
     assert top_level_imports(str(script)) == ["os", "torch.nn", "collections", "torch"]
     script.write_text("this is not python(")
     assert top_level_imports(str(script)) == []
+
+
+def test_a_module_job_preloads_what_its_module_imports_without_running_its_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "proj"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise SystemExit('imported ahead of time')\n")
+    (package / "train.py").write_text("import json\nimport proj.data\nfrom proj import model\n")
+    (package / "tool").mkdir()
+    (package / "tool" / "__main__.py").write_text("import csv\n")
+    assert module_source("proj.train", ["", str(tmp_path)]) == str(package / "train.py")
+    assert module_source("proj.tool", [str(tmp_path)]) == str(package / "tool" / "__main__.py")
+    assert module_source("proj.missing", [str(tmp_path)]) is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    interpreter = [PY, "-m"]
+    assert preload_of(PythonEntry(interpreter, "module", "proj.train", [])) == ["json"]  # not its own package
+    assert preload_of(PythonEntry(interpreter, "module", "proj.tool", [])) == ["csv"]
+    assert preload_of(PythonEntry(interpreter, "module", "proj.missing", [])) == []
 
 
 def test_a_changed_environment_or_command_makes_a_standby_stale(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ installed), so it uses the standard library only:
     <python> [options] standby_process.py SOCKET_FD PRELOAD_JSON COMMAND_JSON
 
 It imports the modules named in PRELOAD_JSON (or, for `null`, the installed packages
-the script imports at its top level), says `ready` on the socket, and waits. The
+the script or module imports at its top level), says `ready` on the socket, and waits. The
 monitor then sends the attempt's command, working directory and environment, with the
 attempt log and the checkpoint-dir lock as file descriptors. If nothing the preload
 depended on changed (its module files, the interpreter, the environment apart from
@@ -98,6 +98,28 @@ def top_level_imports(script: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
     return list(dict.fromkeys(names))
+
+
+def module_source(name: str, search: list[str]) -> str | None:
+    """The file `python -m name` runs, found on `search` (sys.path) without importing
+    anything: importing its packages would run their code ahead of time."""
+    parts = name.split(".")
+    for base in search:
+        folder = os.path.join(base or os.getcwd(), *parts)
+        for candidate in (folder + ".py", os.path.join(folder, "__main__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def preload_of(entry: PythonEntry) -> list[str]:
+    """What to preload when the spec names nothing: the installed packages the script or
+    module imports at its top level (not the job's own modules), with their lazy imports."""
+    source = entry.target if entry.kind == "script" else module_source(entry.target, sys.path)
+    if source is None:
+        return []
+    own = [os.path.dirname(os.path.realpath(source)), os.getcwd()]
+    return with_lazy_imports(installed(top_level_imports(source), own))
 
 
 def with_lazy_imports(names: list[str]) -> list[str]:
@@ -244,9 +266,7 @@ def main() -> int:
         return 2
     take_the_jobs_path(entry)
     if wanted is None:
-        own = [os.path.dirname(os.path.realpath(entry.target)) if entry.kind == "script" else "", os.getcwd()]
-        found = installed(top_level_imports(entry.target), [d for d in own if d]) if entry.kind == "script" else []
-        wanted = with_lazy_imports(found)
+        wanted = preload_of(entry)
     environment = dict(os.environ)
     problems = preload(wanted)
     loaded = module_files()
