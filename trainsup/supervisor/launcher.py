@@ -174,27 +174,23 @@ class ProcessLauncher:
 
     def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
         spec = plan.job.spec
-        if python_entry(plan.command) is None:
+        entry = python_entry(plan.command)
+        if entry is None:
             return None
         # What activation would otherwise do while the restart waits: the attempt's run
         # dir, and its cgroup, which the standby joins now (moving a process later takes
         # milliseconds; its imports are then charged where they belong).
         make_run_dir(plan)
         cgroup_path = _make_cgroup(plan)
-        directory = standby.prepare(plan.run_dir.parent, plan.number, plan.command,
-                                    str(spec.workdir) if spec.workdir else None, attempt_environment(plan), preload,
-                                    cgroup_path)
-        if directory is None:
-            return None
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)  # its lifeline: closing our end ends it
         try:
-            process = _spawn_monitor(["--standby", str(directory), str(plan.run_dir), str(read_end)],
-                                     directory / MONITOR_LOG, pass_fds=(read_end,))
+            directory = standby.prepare(plan.run_dir.parent, plan.number, entry.interpreter, plan.command,
+                                        str(spec.workdir) if spec.workdir else None, attempt_environment(plan),
+                                        preload, cgroup_path)
+            process, write_end = _spawn_standby_monitor(directory, plan.run_dir)
         except OSError:
-            os.close(write_end)
+            if cgroup_path is not None:
+                cgroup.remove(cgroup_path)
             raise
-        finally:
-            os.close(read_end)
         log.info("standby started", job=plan.job.id, attempt=plan.number, pid=process.pid)
         return Standby(plan.job.id, plan.number, plan.run_dir, process.pid, host.create_time(process.pid), write_end,
                        process, cgroup_path)
@@ -276,6 +272,20 @@ def _lower_priority(pid: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, RECORD_NICENESS)
     except OSError:
         pass  # already gone
+
+
+def _spawn_standby_monitor(directory: Path, run_dir: Path) -> tuple[subprocess.Popen, int]:
+    """The standby's monitor, and the write end of its lifeline (closing it ends the standby)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        process = _spawn_monitor(["--standby", str(directory), str(run_dir), str(read_end)],
+                                 directory / MONITOR_LOG, pass_fds=(read_end,))
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return process, write_end
 
 
 def _spawn_monitor(args: list[str], log_path: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:

@@ -24,7 +24,6 @@ import structlog
 from trainsup.contracts import STANDBY_DIR_PREFIX, STANDBY_FILE
 from trainsup.durable import make_dirs, write_json_atomic
 from trainsup.jobs.spec import JobSpec, StandbySpec
-from trainsup.supervisor.standby_process import python_entry
 from trainsup.userconfig import read_section
 
 log = structlog.get_logger("trainsup.standby")
@@ -63,22 +62,19 @@ def standby_dir(job_dir: Path, number: int) -> Path:
     return job_dir / f"{STANDBY_DIR_PREFIX}{number}"
 
 
-def prepare(job_dir: Path, number: int, command: list[str], cwd: str | None, env: dict[str, str],
-            preload: list[str] | None, cgroup: Path | None) -> Path | None:
-    """The dir of a standby for attempt `number`, with the `standby.json` its monitor reads;
-    None if the command cannot have one. The standby starts in `cgroup`, the attempt's.
+def prepare(job_dir: Path, number: int, interpreter: list[str], command: list[str], cwd: str | None,
+            env: dict[str, str], preload: list[str] | None, cgroup: Path | None) -> Path:
+    """The dir of a standby for attempt `number`, with the `standby.json` its monitor reads:
+    `interpreter` (the command's Python and its options) runs the standby process, in `cgroup`.
 
     Raises:
         OSError: the dir or the file could not be written.
     """
-    entry = python_entry(command)
-    if entry is None:
-        return None
     remove_leftovers(job_dir)
     directory = standby_dir(job_dir, number)
     make_dirs(directory, 0o700)
     write_json_atomic(directory / STANDBY_FILE, {
-        "interpreter": entry.interpreter, "command": command, "cwd": cwd, "env": env, "preload": preload,
+        "interpreter": interpreter, "command": command, "cwd": cwd, "env": env, "preload": preload,
         "cgroup": str(cgroup) if cgroup else None,
     })
     return directory
