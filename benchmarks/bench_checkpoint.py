@@ -8,12 +8,20 @@ For each size, the median of --repeats rounds; each round runs the first four on
                      torch's per-record CRC-32) through a BLAKE3 (sha256 without the blake3
                      package), fsync files, manifest, fsync dir, rename, fsync parent,
                      LATEST, retention
-  async stall        how long the training loop waits with Saving(in_background=True) (CPU snapshot)
-  async durable      from the start of that save until it is durable in the background, while
-                     a training loop (an MLP on every core) runs in the loop's thread
+and then, with the same model trained by a loop on every core (forward, backward and an
+SGD step of --batch rows through its layers, as a training step does) and a Session saving
+with Saving(in_background=True) between two of its steps:
+  loop step          the loop's median step without a save (for scale)
+  async stall        how long the loop's thread waits: in save(), plus the wait of the
+                     optimizer's next step for the copy of its tensors
+  async durable      from the start of that save until it is durable in the background
+  async loop loss    the loop's time from the start of that save to the end of the first
+                     step ending after it is durable, less as many steps without a save:
+                     what the save cost training in all (its copy, a thread lent to the
+                     writer, the writer's CPU and memory traffic)
 
     python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
-                                          [--device cuda] [--json PATH]
+                                          [--batch 32] [--device cuda] [--json PATH]
 
 Write to a real disk (--dir): on tmpfs, fsync costs nothing and the figures mislead.
 """
@@ -39,21 +47,19 @@ from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: 
 from trainsup.trainer.saving import state_writer  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
-HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "async stall", "async durable"]
+HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "async stall",
+          "async durable", "async loop loss"]
 RATIOS = {"safe/save+fsync": ("power-safe", "torch.save+fsync"), "safe/floor": ("power-safe", "disk floor"),
-          "stall/safe": ("async stall", "power-safe"), "durable/safe": ("async durable", "power-safe")}
+          "stall/safe": ("async stall", "power-safe"), "durable/safe": ("async durable", "power-safe"),
+          "loss/safe": ("async loop loss", "power-safe")}
+WIDTH = 1024
 
 
 def model_of(size: int) -> torch.nn.Module:
-    """A module whose parameters take `size` bytes, in 8 MiB tensors like a real model's layers."""
-    model = torch.nn.Module()
-    chunk = 2 << 20  # float32 elements
-    remaining, index = size // 4, 0
-    while remaining > 0:
-        n = min(chunk, remaining)
-        model.register_parameter(f"p{index}", torch.nn.Parameter(torch.randn(n)))
-        remaining, index = remaining - n, index + 1
-    return model
+    """An MLP of 1024-wide layers (4 MiB of weights each) whose parameters take about `size` bytes."""
+    layer_bytes = 4 * (WIDTH * WIDTH + WIDTH)
+    layers = max(1, round(size / layer_bytes))
+    return torch.nn.Sequential(*[m for _ in range(layers) for m in (torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU())])
 
 
 def timed(works: dict[str, tuple[Callable[[], None], Callable[[], None]]], repeats: int) -> dict[str, float]:
@@ -81,7 +87,7 @@ def write_fsync(path: Path, size: int, chunk: int = 4 << 20) -> None:
         os.close(fd)
 
 
-def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, float]:
+def bench_size(size: int, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:
     model = model_of(size).to(device)
     state = {"model": model.state_dict()}
     target = root / "plain.pt"
@@ -121,40 +127,67 @@ def bench_size(size: int, repeats: int, root: Path, device: str) -> dict[str, fl
         "torch.save+fsync": (save_fsync, clean),
         "power-safe": (power_safe, prepare_checkpoints),
     }, repeats)
-    stalls, durable = [], []
     clean()
-    train_step = training_load()
-    with Session(model, checkpoint_dir=root / "async", handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
-                 saving=Saving(every_seconds=None, on_exit=False, in_background=True),
-                 retention=Retention(keep_last=1)) as session:
-        background = session._saver._background  # noqa: SLF001 (when the save ended, without waiting for it)
-        for _ in range(repeats):
-            session.step_done()
-            started = time.monotonic()
-            session.save()
-            stalls.append(time.monotonic() - started)
-            while not background.done:
-                train_step()
-            session.wait_for_save()
-            durable.append(background.finished_at - started)
-    results["async stall"] = statistics.median(stalls)
-    results["async durable"] = statistics.median(durable)
+    results.update(bench_async(model, repeats, root / "async", device, batch))
+    results["state bytes"] = sum(t.numel() * t.element_size() for t in state["model"].values())
     clean()
     return results
 
 
-def training_load() -> Callable[[], None]:
-    """One step of an MLP's training (forward, backward, SGD), on every core torch uses."""
-    net = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024))
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
-    batch = torch.randn(256, 1024)
+def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:
+    """Background saves between the steps of a loop training `model`; each round, as many
+    steps without a save as the last save window had, then a save window."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    rows = torch.randn(batch, WIDTH, device=device)
 
-    def step() -> None:
+    def train_step() -> None:
         optimizer.zero_grad()
-        net(batch).square().mean().backward()
+        model(rows).square().mean().backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
-    return step
+    stalls: list[float] = []
+    durable: list[float] = []
+    window_steps: list[tuple[float, int]] = []
+    base: list[float] = []
+    with Session(model, optimizer, checkpoint_dir=root, handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
+                 saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True),
+                 retention=Retention(keep_last=1)) as session:
+        saver = session._saver  # noqa: SLF001 (when the save ended, and the loop's waits, without waiting)
+        background = saver._background  # noqa: SLF001
+        for _ in range(2):
+            train_step()
+            session.step_done()
+        steps = 3
+        for _ in range(repeats):
+            for _ in range(steps):
+                started = time.monotonic()
+                train_step()
+                session.step_done()
+                base.append(time.monotonic() - started)
+            waited = saver.waited_s
+            started = time.monotonic()
+            session.save()
+            stall = time.monotonic() - started
+            steps = 0
+            while True:
+                done = background.done
+                train_step()
+                session.step_done()  # gives the lent thread back once the save is durable
+                steps += 1
+                if done:
+                    break
+            ended = time.monotonic()
+            session.wait_for_save()
+            stalls.append(stall + saver.waited_s - waited)
+            durable.append(background.finished_at - started)
+            window_steps.append((ended - started, steps))
+            steps = max(3, steps)
+    step = statistics.median(base)
+    losses = [elapsed - n * step for elapsed, n in window_steps]
+    return {"loop step": step, "async stall": statistics.median(stalls), "async durable": statistics.median(durable),
+            "async loop loss": statistics.median(losses)}
 
 
 def main() -> None:
@@ -164,6 +197,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path.cwd(), help="where to write (a real disk)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--device", default="cpu", help="where the state lives, e.g. cuda")
+    parser.add_argument("--batch", type=int, default=32, help="rows per step of the training loop")
     args = parser.parse_args()
     import logging
 
@@ -171,12 +205,13 @@ def main() -> None:
     sizes = [(text.strip(), parse_size(text.strip())) for text in args.sizes.split(",") if text.strip()]
     root = Path(tempfile.mkdtemp(prefix=".bench-checkpoint-", dir=args.dir))
     report: dict[str, object] = {"torch": torch.__version__, "dir": str(args.dir), "device": args.device,
-                                 "repeats": args.repeats, "sizes": {}}
+                                 "repeats": args.repeats, "batch": args.batch, "threads": torch.get_num_threads(),
+                                 "sizes": {}}
     try:
         print(f"writing to {args.dir}; medians of {args.repeats} runs, seconds")
         print("  ".join(f"{h:>16}" for h in ["size", *HEADER, *RATIOS]))
         for label, size in sizes:
-            figures = bench_size(size, args.repeats, root, args.device)
+            figures = bench_size(size, args.repeats, root, args.device, args.batch)
             report["sizes"][label] = figures  # type: ignore[index]
             ratios = [figures[a] / figures[b] for a, b in RATIOS.values()]
             print("  ".join([f"{label:>16}"] + [f"{figures[h]:>16.4f}" for h in HEADER]

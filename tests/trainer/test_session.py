@@ -156,9 +156,9 @@ def test_background_save_snapshots_then_persists(tmp_path: Path) -> None:
         session.step_done()
         before = [p.detach().clone() for p in model.parameters()]
         assert session.save() is None
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(1.0)  # the training loop moves on while the save persists
+        model(torch.ones(2, 4)).sum().backward()
+        optimizer.step()  # the training loop moves on while the save persists (the step waits for its copy)
+        assert not torch.equal(next(model.parameters()), before[0])
         checkpoint = session.wait_for_save()
         assert checkpoint is not None and checkpoint.name == "step-000000001"
         assert (tmp_path / "LATEST").read_text() == "step-000000001\n"

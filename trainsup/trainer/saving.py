@@ -1,5 +1,6 @@
 """When a `Session` saves (`Saving`), and the save itself (`Saver`): in the loop's thread,
-or snapshotted to CPU memory and persisted by a background thread."""
+or copied to CPU memory and persisted by a background thread (`trainsup.trainer.deferred`
+says which part of the copy is left to that thread)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from trainsup.trainer import statefile
 from trainsup.trainer.background import BackgroundSave
+from trainsup.trainer.deferred import DeferredCopy, owned_storages
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
 from trainsup.trainer.fsops import Writer
@@ -25,8 +27,14 @@ log = get_logger()
 @dataclass(frozen=True)
 class Saving:
     """When to checkpoint: every N steps and/or T seconds (at a step boundary), at each
-    epoch's end, and when the `with` block ends normally; `in_background` persists each
-    save in a thread after a copy to CPU memory."""
+    epoch's end, and when the `with` block ends normally.
+
+    `in_background`: `save()` returns after copying the state the optimizer does not own;
+    a thread copies the optimizer's parameters and state (the optimizer's next step waits
+    for that copy, see `trainsup.trainer.deferred`) and persists the checkpoint, with one
+    of torch's threads lent to it until it is durable (`torch.set_num_threads(n - 1)` in
+    the loop's thread, restored at the first step boundary after).
+    """
 
     every_steps: int | None = None
     every_seconds: float | None = 600.0
@@ -47,14 +55,57 @@ class Saver:
     `dirty` is True while there is progress that no checkpoint holds yet.
     """
 
-    def __init__(self, checkpoints: CheckpointDir, options: Saving) -> None:
+    def __init__(self, checkpoints: CheckpointDir, options: Saving, optimizer: Any = None) -> None:
         self.checkpoints = checkpoints
         self.options = options
         self.last: Checkpoint | None = None
         self.dirty = False
+        self.waited_s = 0.0  # how long the loop's thread waited for background copies, in all
         self._last_save = time.monotonic()
         self._background: BackgroundSave[Checkpoint] = BackgroundSave()
+        self._copier: BackgroundSave[None] = BackgroundSave("trainsup-checkpoint-copy")
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._optimizer = optimizer if callable(getattr(optimizer, "register_step_pre_hook", None)) else None
+        self._hook: Any = None
+        self._copy: DeferredCopy | None = None
+        self._lent_from: int | None = None  # torch's thread count before one was lent to the save
+
+    def attach(self) -> None:
+        """Hook the optimizer's step (background saves only): it waits for a copy in flight."""
+        if self.options.in_background and self._optimizer is not None and self._hook is None:
+            self._hook = self._optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step())
+
+    def detach(self) -> None:
+        """Unhook the optimizer and let the threads end (after `settle`)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._background.close()
+        self._copier.close()
+
+    def before_optimizer_step(self) -> None:
+        """The optimizer is about to change its tensors: let the copy in flight finish first."""
+        self.waited_s += self._release_copy()
+        self.poll()
+
+    def _release_copy(self) -> float:
+        """Wait for the copy in flight, if any; the seconds waited."""
+        if self._copy is None:
+            return 0.0
+        waited = self._copy.release()
+        self._copier.wait()
+        self._copy = None
+        return waited
+
+    def poll(self) -> None:
+        """At a step boundary: give back the thread lent to a background save that ended."""
+        if self._lent_from is not None and self._background.done:
+            self._restore_threads()
+
+    def _restore_threads(self) -> None:
+        if self._lent_from is not None:
+            torch.set_num_threads(self._lent_from)
+            self._lent_from = None
 
     def restart_clock(self) -> None:
         self._last_save = time.monotonic()
@@ -74,10 +125,26 @@ class Saver:
         self.dirty = False
         self._last_save = time.monotonic()
         if self.options.in_background and not wait:
-            state = statefile.snapshot(state, self._buffers)
+            pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+            defer = owned_storages(self._optimizer) if self._hook is not None else None
+            state = statefile.snapshot(state, self._buffers, defer=defer, pending=pending)
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # the non-blocking copies to pinned memory
-            self._background.start(lambda: self._persist(step, state, meta))
+            copy = DeferredCopy(pending) if pending else None
+            threads = torch.get_num_threads()
+            if threads > 1:
+                torch.set_num_threads(threads - 1)
+                self._lent_from = threads
+            self._copy = copy
+
+            try:
+                if copy is not None:
+                    self._copier.start(copy.run)
+                self._background.start(lambda: self._persist(step, state, meta, copy))
+            except BaseException:
+                self._release_copy()
+                self._restore_threads()
+                raise
             return None
         try:
             return self._persist(step, state, meta)
@@ -92,10 +159,13 @@ class Saver:
             CheckpointSaveError: the background save failed.
         """
         try:
+            self._release_copy()
             return self._background.wait()
         except CheckpointSaveError:
             self.dirty = True
             raise
+        finally:
+            self._restore_threads()
 
     def settle(self, raise_errors: bool = False) -> None:
         """Wait for a background save; a failure is logged (or raised with `raise_errors`)."""
@@ -106,13 +176,37 @@ class Saver:
                 raise
             log.error("%s Training continues; the next save will try again.", exc)
 
-    def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
+    def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any],
+                 copy: DeferredCopy | None = None) -> Checkpoint:
         started = time.monotonic()
-        checkpoint = self.checkpoints.save(step, {STATE_FILE: state_writer(state)}, meta)
+        writer = state_writer(state) if copy is None else _checked(state_writer(state), copy)
+        checkpoint = self.checkpoints.save(step, {STATE_FILE: writer}, meta)
         size = sum(d.size for d in checkpoint.manifest.files.values())
         log.info("saved checkpoint %s (%.1f MB in %.2f s)", checkpoint.name, size / 1e6, time.monotonic() - started)
         self.last = checkpoint
         return checkpoint
+
+
+def _checked(writer: Writer, copy: DeferredCopy) -> Writer:
+    """`writer` into a file that lets through the bytes of a copy only once they are
+    copied, then a check that `copy` holds the state as it was at `save()` (before the commit)."""
+
+    class Gated:
+        def __init__(self, file: BinaryIO) -> None:
+            self._file = file
+
+        def write(self, data: Any) -> int:
+            copy.gate(data)
+            return self._file.write(data)
+
+        def flush(self) -> None:
+            self._file.flush()
+
+    def write(file: BinaryIO) -> None:
+        writer(Gated(file))  # type: ignore[arg-type]
+        copy.check_unchanged()
+
+    return write
 
 
 def state_writer(state: dict[str, Any]) -> Writer:

@@ -136,7 +136,7 @@ class Session:
         self.steps_in_epoch: int | None = None  # the true optimizer steps of this epoch (set by steps())
         self.step_in_epoch = 0  # 0-based index of the current step in the epoch; after the loop, steps_in_epoch
 
-        self._saver = Saver(self.checkpoints, saving)
+        self._saver = Saver(self.checkpoints, saving, optimizer)
         self._snapshots = Snapshotter(snapshots, self.checkpoint_dir, self.env.run_dir, environ)
         self._heartbeat = HeartbeatWriter(self.env.heartbeat_dir, self.env.rank)
         self._lock = DirLock(self.checkpoint_dir)
@@ -232,6 +232,7 @@ class Session:
             self.close()
             raise
         self._saver.restart_clock()
+        self._saver.attach()
         self._beat("start", force=True)
         return self
 
@@ -239,6 +240,7 @@ class Session:
         if not self._started:
             return
         self._saver.settle()
+        self._saver.detach()
         self._snapshots.settle()
         self._signals.restore()
         self._lock.release()
@@ -430,6 +432,7 @@ class Session:
         self.position = self._consumed * self._world
         self._step_open = self._mid_step = False
         self._saver.dirty = True
+        self._saver.poll()
         self.report(**metrics)
         self._boundary(periodic_save=self._saver.due_after_step(self.step))
 
@@ -481,9 +484,10 @@ class Session:
     # -- saving ---------------------------------------------------------------
 
     def save(self, *, wait: bool = False) -> Checkpoint | None:
-        """Checkpoint now. With `Saving(in_background=True)` (and not `wait`) this only
-        snapshots the state to CPU memory and returns None; the save becomes durable in
-        the background.
+        """Checkpoint now. With `Saving(in_background=True)` (and not `wait`) this copies
+        what the optimizer does not own to CPU memory and returns None; the optimizer's
+        tensors are copied before its next step (which waits for that), and the save
+        becomes durable in the background (`trainsup.trainer.deferred`).
 
         Raises:
             CheckpointSaveError: the save failed; the previous checkpoint is intact.

@@ -54,12 +54,15 @@ def collect(components: Components) -> dict[str, Any]:
 
 
 def snapshot(obj: Any, buffers: dict[tuple[Any, ...], torch.Tensor] | None = None,
-             _path: tuple[Any, ...] = ()) -> Any:
+             _path: tuple[Any, ...] = (), *, defer: set[int] | None = None,
+             pending: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None) -> Any:
     """A deep copy with every tensor copied to CPU memory, for a save in the background.
 
     `buffers` keeps the CPU copies between saves: copying into memory that is already
     mapped (and pinned, for CUDA tensors) is several times faster than allocating it.
     Reuse is safe because a snapshot is only taken once the previous save is durable.
+    A CPU tensor whose storage is in `defer` (`deferred.owned_storages`) is not copied
+    now: its buffer is returned and (tensor, buffer, version) appended to `pending`.
     """
     if isinstance(obj, torch.Tensor):
         if buffers is None or not obj.is_contiguous() or obj.layout != torch.strided:
@@ -68,17 +71,21 @@ def snapshot(obj: Any, buffers: dict[tuple[Any, ...], torch.Tensor] | None = Non
         if buffer is None or buffer.shape != obj.shape or buffer.dtype != obj.dtype:
             pinned = obj.is_cuda and torch.cuda.is_available()
             buffer = buffers[_path] = torch.empty_like(obj, device="cpu", pin_memory=pinned)
-        buffer.copy_(obj.detach(), non_blocking=obj.is_cuda)
+        if (defer and pending is not None and obj.device.type == "cpu"
+                and obj.untyped_storage().data_ptr() in defer):
+            pending.append((obj, buffer, obj._version))
+        else:
+            buffer.copy_(obj.detach(), non_blocking=obj.is_cuda)
         return buffer
     if isinstance(obj, dict):
         copied = OrderedDict() if isinstance(obj, OrderedDict) else {}
         for key, value in obj.items():
-            copied[key] = snapshot(value, buffers, (*_path, key))
+            copied[key] = snapshot(value, buffers, (*_path, key), defer=defer, pending=pending)
         if hasattr(obj, "_metadata"):
             copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
         return copied
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v, buffers, (*_path, i)) for i, v in enumerate(obj))
+        return type(obj)(snapshot(v, buffers, (*_path, i), defer=defer, pending=pending) for i, v in enumerate(obj))
     return copy.deepcopy(obj)
 
 
