@@ -55,7 +55,27 @@ PY = sys.executable
     (["pythonic", "t.py"], None),
 ])
 def test_python_entry(command: list[str], entry: PythonEntry | None) -> None:
-    assert python_entry(command) == entry
+    assert python_entry(command, path="/nonexistent") == entry
+
+
+def test_a_python_console_script_counts_as_python_running_it(tmp_path: Path) -> None:
+    """torchrun, accelerate and the like are Python scripts on PATH: a standby can preload theirs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"mytool": f"#!{PY}\nimport json\n", "envtool": "#!/usr/bin/env python3\n", "run.sh": "#!/bin/sh\n",
+               "flagged": f"#!{PY} -E\n"}
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "python3").symlink_to(PY)
+    path = str(bin_dir)
+    assert python_entry(["mytool", "--x", "1"], path) == PythonEntry([PY], "script", str(bin_dir / "mytool"), ["--x", "1"])
+    assert python_entry([str(bin_dir / "mytool")]) == PythonEntry([PY], "script", str(bin_dir / "mytool"), [])
+    assert python_entry(["envtool"], path) == PythonEntry([str(bin_dir / "python3")], "script", str(bin_dir / "envtool"), [])
+    assert python_entry(["run.sh"], path) is None
+    assert python_entry(["flagged"], path) is None  # interpreter options on the #! line: not handled
+    assert python_entry(["bin/mytool"], str(tmp_path)) is None  # relative to the job's working directory
+    assert python_entry(["missing"], path) is None
 
 
 def test_top_level_imports_are_what_a_standby_preloads(tmp_path: Path) -> None:
@@ -283,6 +303,26 @@ def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_
     if first_cgroup is not None:
         wait_for(lambda: not Path(first_cgroup).with_name(f"trainsup-{job}-2").exists(), 30, 0.1,
                  "the unused cgroup removed")
+
+
+def test_a_job_run_by_a_python_console_script_gets_a_standby_too(cli: Cli, daemon: DaemonProcess, work: Path) -> None:
+    """A command like `torchrun …`: a Python script on PATH, run as `python <it>` would run it."""
+    tool = work / "warmtool"
+    tool.write_text(f"#!{PY}\n" + (work / "standby_job.py").read_text())
+    tool.chmod(0o755)
+    spec = write_spec(work / "tool.yaml", name="tool", command=["warmtool"], workdir=str(work),
+                      env={"PATH": f"{work}{os.pathsep}{os.environ['PATH']}"}, standby={"preload": ["standby_lib"]},
+                      restart={"initial": "0.1s", "max": "0.2s"}, grace_period="10s")
+    daemon.start()
+    job = cli.submit(spec)
+    standby_ready(cli, job, 2)
+    kill_attempt(cli, job, 1)
+    assert started(cli, job, 2)["standby"] == "used"
+    [first] = wait_for(lambda: lines(cli, job, 2), 30, 0.05, "attempt 2 output")
+    assert first["preloaded"] is True and first["name"] == "__main__" and first["argv"] == [str(tool)]
+    assert first["path0"] == str(work)
+    cli.run("cancel", job)
+    cli.wait_state(job, "cancelled")
 
 
 def test_a_preloaded_file_that_changed_means_a_fresh_process(cli: Cli, daemon: DaemonProcess, work: Path) -> None:

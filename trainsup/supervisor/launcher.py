@@ -174,7 +174,8 @@ class ProcessLauncher:
 
     def start_standby(self, plan: LaunchPlan, preload: list[str] | None) -> Standby | None:
         spec = plan.job.spec
-        entry = python_entry(plan.command)
+        environment = attempt_environment(plan)
+        entry = python_entry(plan.command, environment.get("PATH"))
         if entry is None:
             return None
         # What activation would otherwise do while the restart waits: the attempt's run
@@ -184,8 +185,8 @@ class ProcessLauncher:
         cgroup_path = _make_cgroup(plan)
         try:
             directory = standby.prepare(plan.run_dir.parent, plan.number, entry.interpreter, plan.command,
-                                        str(spec.workdir) if spec.workdir else None, attempt_environment(plan),
-                                        preload, cgroup_path)
+                                        str(spec.workdir) if spec.workdir else None, environment, preload,
+                                        cgroup_path)
             process, write_end = _spawn_standby_monitor(directory, plan.run_dir)
         except OSError:
             if cgroup_path is not None:

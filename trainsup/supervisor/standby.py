@@ -7,8 +7,9 @@ and says `activate` on the standby's control pipe, and the standby becomes the a
 in milliseconds instead of seconds. The pipe is the standby's lifeline: closing it (the
 job finished, was held or cancelled, or the daemon stopped or died) ends the standby.
 
-Only for `python script.py` and `python -m module` commands (`standby_process.python_entry`);
-never with CUDA initialised (the standby refuses to become a job if its preload did).
+Only for `python script.py`, `python -m module` and Python entry points such as `torchrun`
+(`standby_process.python_entry`); never with CUDA initialised (the standby refuses to
+become a job if its preload did).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import runpy
+import shutil
 import socket
 import sys
 from typing import NamedTuple
@@ -47,11 +48,19 @@ class PythonEntry(NamedTuple):
     args: list[str]
 
 
-def python_entry(command: list[str]) -> PythonEntry | None:
+def python_entry(command: list[str], path: str | None = None) -> PythonEntry | None:
     """How `command` runs Python code, or None if a standby cannot stand in for it
-    (not a Python interpreter, `-c`, `-i`, stdin, an option we do not know)."""
-    if not command or not _is_python(command[0]):
+    (not Python, `-c`, `-i`, stdin, an option we do not know).
+
+    A command that is itself a Python script, such as `torchrun` or `accelerate` (found on
+    `path`, the job's PATH, its first line starting a Python interpreter), counts as
+    `python <that script> args…`.
+    """
+    if not command:
         return None
+    if not _is_python(command[0]):
+        script = _python_script(command[0], path)
+        return None if script is None else PythonEntry([script[0]], "script", script[1], command[1:])
     index = 1
     while index < len(command):
         word = command[index]
@@ -74,6 +83,29 @@ def python_entry(command: list[str]) -> PythonEntry | None:
             continue
         return PythonEntry(command[:index], "script", word, command[index + 1:])
     return None
+
+
+def _python_script(name: str, path: str | None) -> tuple[str, str] | None:
+    """(interpreter, script) if `name` (a bare name looked up on `path`, or an absolute
+    path) is a script whose `#!` line runs a Python interpreter, as pip's entry points do."""
+    if os.sep in name and not os.path.isabs(name):
+        return None  # relative to the job's working directory, not ours
+    found = shutil.which(name, path=path) if os.sep not in name else name
+    if found is None:
+        return None
+    try:
+        with open(found, "rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if len(words) == 2 and os.path.basename(words[0]) == "env":
+        words = [shutil.which(words[1], path=path) or words[1]]
+    if len(words) != 1 or not os.path.isabs(words[0]) or not _is_python(words[0]):
+        return None
+    return words[0], os.path.abspath(found)
 
 
 def _is_python(executable: str) -> bool:
@@ -180,7 +212,7 @@ def module_files() -> dict[str, tuple[int, int]]:
 def why_stale(loaded: dict[str, tuple[int, int]], environment: dict[str, str], wanted: dict[str, str],
               cwd: str | None, command: list[str], interpreter: list[str]) -> str | None:
     """Why this standby must not become the attempt, or None if it may."""
-    entry = python_entry(command)
+    entry = python_entry(command, wanted.get("PATH"))
     if entry is None or entry.interpreter != interpreter:
         return "the command's interpreter or options are not the standby's"
     if cwd and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
@@ -260,7 +292,7 @@ def take_the_jobs_path(entry: PythonEntry) -> None:
 def main() -> int:
     sock = socket.socket(fileno=int(sys.argv[1]))
     wanted = json.loads(sys.argv[2])
-    entry = python_entry(json.loads(sys.argv[3]))
+    entry = python_entry(json.loads(sys.argv[3]), os.environ.get("PATH"))
     if entry is None:
         sock.sendall(b"failed the command does not run a Python script or module\n")
         return 2
@@ -284,7 +316,7 @@ def main() -> int:
         return 0
     sock.sendall(b"go\n")
     sock.close()
-    become(python_entry(message["command"]), environment, message["env"], log_fd, lock_fd)
+    become(python_entry(message["command"], message["env"].get("PATH")), environment, message["env"], log_fd, lock_fd)
     return 0
 
 
