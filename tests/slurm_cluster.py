@@ -20,6 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
+# Slurm's states of a job that ended.
+FINISHED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                             "BOOT_FAIL", "DEADLINE"})
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 SBIN = ("/usr/sbin", "/sbin")
 
@@ -138,6 +141,7 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
             "SchedulerType=sched/builtin",
+            "SchedulerParameters=sched_interval=2",  # a requeued job starts once eligible, not up to 60 s later
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU",
             "MpiDefault=none",

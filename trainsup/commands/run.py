@@ -6,8 +6,8 @@ classification, restart policy, OOM backoff and hang detection apply. The loop e
 when the job does (exit 0 succeeded, 1 failed or cancelled) or when a signal stops it:
 
     SIGUSR1          Slurm's time limit (`--signal=B:USR1@S`): checkpoint, stop, requeue
-    SIGTERM          in Slurm: `scancel` (the job reads CANCELLED) cancels the job;
-                     otherwise (time limit reached, preemption) as SIGUSR1
+    SIGTERM          in Slurm: at the time limit (no USR1 came in time) or on preemption, as
+                     SIGUSR1; otherwise it is `scancel`, which cancels the job
                      outside Slurm: checkpoint and stop, like SIGINT
     SIGINT           checkpoint and stop; `trainsup run` again resumes it
 
@@ -109,10 +109,10 @@ class ForegroundRun(Daemon):
         if self.stop is not None:
             return  # already stopping: the stop path runs its course (grace_period, then SIGKILL)
         name = signal.Signals(signum).name
-        if self.slurm_id is None:
+        if self.slurm_id is None or signum == signal.SIGINT:
             self.stop = "stop"
-        elif signum == signal.SIGTERM and self._cancelled_by_slurm():
-            self.stop = "cancel"
+        elif signum == signal.SIGTERM:
+            self.stop = self._why_slurm_terminates()
         else:
             self.stop = "requeue"
         if self.stop == "cancel":
@@ -124,12 +124,21 @@ class ForegroundRun(Daemon):
         self._say(f"{name}: asking the job to checkpoint and stop, then {then}")
         self.shutdown_requested = True
 
-    def _cancelled_by_slurm(self) -> bool:
+    def _why_slurm_terminates(self) -> str:
+        """Slurm's SIGTERM: the time limit or a preemption (requeue), else `scancel` (cancel).
+
+        While Slurm kills a job, scontrol says COMPLETING whatever the cause, so the time
+        limit is told by the job's run time; without an answer the job is only stopped.
+        """
         try:
             found = cluster.info(self.slurm_id)
         except SlurmError:
-            return False
-        return found is not None and found.state == "CANCELLED"
+            found = None
+        if found is None:
+            return "stop"
+        if found.at_time_limit or found.state in ("PREEMPTED", "TIMEOUT"):
+            return "requeue"
+        return "cancel"
 
     # --- output ------------------------------------------------------------------
 

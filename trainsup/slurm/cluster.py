@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from trainsup.errors import SlurmError
 
 TIMEOUT_S = 30.0
+TIME_LIMIT_SLACK_S = 5.0
 # Slurm's states in which a job will not run again by itself.
 FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "DEADLINE",
                       "BOOT_FAIL", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"})
@@ -36,6 +37,14 @@ class SlurmInfo(BaseModel):
     exit_code: str | None
     comment: str | None
     source: str  # scontrol or sacct
+    time_limit_s: float | None = None  # None: unlimited or not said
+    run_time_s: float | None = None
+
+    @property
+    def at_time_limit(self) -> bool:
+        """The allocation ran out its time limit (Slurm's SIGTERM is then the time limit's)."""
+        return self.time_limit_s is not None and self.run_time_s is not None and \
+            self.run_time_s >= self.time_limit_s - TIME_LIMIT_SLACK_S
 
     @property
     def finished(self) -> bool:
@@ -111,7 +120,21 @@ def parse_scontrol(slurm_id: str, line: str) -> SlurmInfo:
         slurm_id=slurm_id, state=fields.get("JobState", "UNKNOWN"), reason=_value(fields.get("Reason")),
         partition=_value(fields.get("Partition")), nodes=_value(fields.get("NodeList")),
         restarts=int(restarts) if restarts.isdigit() else None, exit_code=_value(fields.get("ExitCode")),
-        comment=_value(fields.get("Comment")), source="scontrol")
+        comment=_value(fields.get("Comment")), source="scontrol",
+        time_limit_s=parse_duration(fields.get("TimeLimit")), run_time_s=parse_duration(fields.get("RunTime")))
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Slurm's `[D-]HH:MM:SS`, `MM:SS` or `M` in seconds; None for UNLIMITED or anything else."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(?:(\d+):)?(\d+)", text or "")
+    if match is None:
+        return None
+    days, first, second, last = (int(part) if part else None for part in match.groups())
+    if first is None:  # M
+        return (days or 0) * 86400 + last * 60.0
+    if second is None:  # MM:SS, or D-HH:MM with days
+        return (days or 0) * 86400 + (first * 3600 + last * 60.0 if days is not None else first * 60 + last)
+    return (days or 0) * 86400 + first * 3600 + second * 60 + last
 
 
 def parse_sacct(slurm_id: str, line: str) -> SlurmInfo:
