@@ -284,11 +284,14 @@ def test_after_a_sigkill_the_standby_is_the_next_attempt_as_a_fresh_process_woul
     wait_for(lambda: not list(jobs_dir.glob("standby-*")), 30, 0.1, "the standby gone with the job")
 
 
+@pytest.mark.parametrize("ending", ["cancel", "daemon stop in a backoff"])
 def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_not_needed(
-        cli: Cli, daemon: DaemonProcess, work: Path) -> None:
-    """What activation needs is made while the standby waits: none of it delays a restart."""
+        cli: Cli, daemon: DaemonProcess, work: Path, ending: str) -> None:
+    """What activation needs is made while the standby waits: none of it delays a restart.
+    Unused (the job was cancelled; the daemon stops while the job waits out a backoff, with
+    no attempt left to wait for), both are removed with the standby."""
     daemon.start()
-    job = cli.submit(standby_spec(work))
+    job = cli.submit(standby_spec(work, initial="60s", max="60s"))
     standby_ready(cli, job, 2)
     job_dir = Path(cli.env["TRAINSUP_HOME"]) / "jobs" / job
     assert (job_dir / "attempt-2.run" / "heartbeat").is_dir()
@@ -297,8 +300,13 @@ def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_
     if first_cgroup is not None:  # cgroups work here: the standby's process is in attempt 2's already
         assert Path(first_cgroup).name == f"trainsup-{job}-1"
         assert cgroup.cgroup_of(standby_pid) == Path(first_cgroup).with_name(f"trainsup-{job}-2")
-    cli.run("cancel", job)
-    cli.wait_state(job, "cancelled")
+    if ending == "cancel":
+        cli.run("cancel", job)
+        cli.wait_state(job, "cancelled")
+    else:
+        kill_attempt(cli, job, 1)
+        cli.wait_state(job, "backoff")
+        assert daemon.stop() == 0
     wait_for(lambda: not (job_dir / "attempt-2.run").exists(), 30, 0.1, "the unused run dir removed")
     if first_cgroup is not None:
         wait_for(lambda: not Path(first_cgroup).with_name(f"trainsup-{job}-2").exists(), 30, 0.1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import structlog
@@ -297,9 +298,19 @@ class Attempts:
         if len(self.store.attempts(standby.job_id)) < standby.number:  # the attempt never started
             shutil.rmtree(standby.run_dir, ignore_errors=True)
 
-    def drop_standbys(self) -> None:
+    def drop_standbys(self, wait_s: float = 0.0) -> None:
+        """Drop every standby; wait up to `wait_s` for them to exit and remove their cgroups
+        (the daemon is stopping: no later poll would)."""
+        dropped = [standby for standby in self.standbys.values() if standby.process is not None]
         for job_id in list(self.standbys):
             self.drop_standby(job_id)
+        deadline = self.clock.monotonic() + wait_s
+        for standby in dropped:
+            try:
+                standby.process.wait(timeout=max(0.0, deadline - self.clock.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+        self._remove_empty_cgroups()
 
     def _sample_gpu_memory(self, live: LiveAttempt) -> None:
         pids = process_tree(live.job_pid)

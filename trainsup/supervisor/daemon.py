@@ -54,6 +54,7 @@ LOCK_RETRY_S = 1.0
 HEARTBEAT_POLL_S = 0.25
 STARTING_POLL_S = 0.1
 STARTING_WATCH_S = 5.0
+STANDBY_EXIT_WAIT_S = 2.0  # at shutdown: dropped standbys exit, then their cgroups are removed
 DISK_FULL_RETRY_S = 1.0
 
 
@@ -299,7 +300,7 @@ class Daemon:
         """Ask every job to checkpoint and stop; wait for them within their grace periods."""
         live_jobs = [self.store.job(job_id) for job_id in self.attempts.live]
         self.notifier.stopping()
-        self.attempts.drop_standbys()
+        self.attempts.drop_standbys(wait_s=STANDBY_EXIT_WAIT_S)
         grace = max((j.spec.grace_period for j in live_jobs), default=0.0)
         self.notifier.extend_timeout(grace + SHUTDOWN_MARGIN_S)
         log.info("shutting down", running=len(live_jobs), grace_period=grace)
