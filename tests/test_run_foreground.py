@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import JOBS, TRAINSUP, wait_for, write_spec
+from trainsup.jobs.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,13 @@ def test_sigint_checkpoints_exits_75_and_a_second_run_resumes(state_env: dict[st
     process = subprocess.Popen([TRAINSUP, "run", str(tmp_path / "job.yaml"), "--state", str(tmp_path / "run-state")],
                                env=state_env, stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: "event step 3\n" in (tmp_path / "first.out").read_text(), 90, 0.1, "step 3")
+    second = _run(state_env, tmp_path, "--again")
+    assert second.returncode == 4 and "another trainsup run or daemon is already running" in second.stderr
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 75
+    store = Store.open_readonly(tmp_path / "run-state" / "trainsup.db")
+    assert len(store.jobs()) == 1  # the refused second run queued nothing beside it
+    store.close()
     first = (tmp_path / "first.out").read_text()
     assert "SIGINT: asking the job to checkpoint and stop" in first
     assert "stopping on SIGTERM after checkpoint" in first  # the trainer saved on the way out (save-every 100)

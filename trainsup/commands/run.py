@@ -36,7 +36,8 @@ from typing import TextIO
 import structlog
 
 from trainsup.commands import logs
-from trainsup.errors import SlurmError, SpecError, TrainsupError
+from trainsup.commands.common import daemon_running
+from trainsup.errors import DaemonAlreadyRunningError, SlurmError, SpecError, TrainsupError
 from trainsup.jobs import inbox
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Store
@@ -223,6 +224,8 @@ def run(spec_path: Path, name: str | None, state_dir: Path | None, report_path: 
     _own_folder(state_root.parent)
     _own_folder(state_root)
     state = StateDir(state_root)
+    if daemon_running(state):  # refused before anything is submitted into its inbox
+        raise DaemonAlreadyRunningError(f"another trainsup run or daemon is already running for {state.root}.")
     existing = None if (again or fresh) else submit_command.existing_run(state, spec_path, name)
     if existing is not None and existing[1] == JobState.SUCCEEDED:
         print(f"trainsup: this job already succeeded as {existing[0]} in {state.root} (--again runs it once more)",
