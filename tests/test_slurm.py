@@ -103,6 +103,8 @@ def test_a_crash_restarts_within_the_allocation(cluster, cli: Cli, home: Path, s
     assert (final["state"], final["report"]["attempt"], final["report"]["allocation"]) == ("succeeded", 2, 1)
     text = cli.run("status", f"slurm:{slurm_id}").stdout
     assert "succeeded" in text and "attempt 2, requeued 0 times" in text
+    followed = cli.run("logs", "crash-once", "-f")  # by name: no local job has it; -f ends with the job
+    assert followed.stdout == log and followed.returncode == 0
 
 
 def test_scancel_ends_it_cancelled(cluster, cli: Cli, submitted: dict[str, str]) -> None:

@@ -192,9 +192,14 @@ def _submit_slurm(state: StateDir, spec: Path, name: str | None, slurm: bool, dr
         sys.exit(0 if final == "succeeded" else 1)
 
 
+def _slurm_jobs_exist(state: StateDir) -> bool:
+    """Whether `submit --slurm` ever ran here: without, `status` imports nothing of Slurm (nor pydantic)."""
+    return (state.root / "slurm").is_dir()
+
+
 def _slurm_job(key: str | None) -> Any:
     """The Slurm job JOB names, or None for a local one (commands.slurm.claim)."""
-    if key is None:
+    if key is None or not (key.startswith("slurm:") or _slurm_jobs_exist(_state())):
         return None
     from trainsup.commands import slurm as slurm_command
 
@@ -249,19 +254,24 @@ def status(job: str | None, watch: bool, interval: float, sweep: str | None, as_
         return
     if (full := diskspace.notice(state)) is not None:
         click.echo(f"trainsup: {full}", err=True)
-    from trainsup.commands import slurm as slurm_command
-
     if (slurm_job := _slurm_job(job)) is not None:
+        from trainsup.commands import slurm as slurm_command
+
         found = _guard(lambda: slurm_command.detail(state, f"slurm:{slurm_job.slurm_id}"))
         _print_json(found) if as_json else slurm_command.render_detail(found)
     elif job is None:
         rows = _guard(lambda: status_command.job_rows(state))
-        slurm_rows = _guard(lambda: slurm_command.rows(state))
+        slurm_rows = []
+        if _slurm_jobs_exist(state):
+            from trainsup.commands import slurm as slurm_command
+
+            slurm_rows = _guard(lambda: slurm_command.rows(state))
         if as_json:
             _print_json(rows + slurm_rows)
         else:
             status_command.render_table(rows, use_colour(sys.stdout))
-            slurm_command.render_rows(slurm_rows)
+            if slurm_rows:
+                slurm_command.render_rows(slurm_rows)
     else:
         detail = _guard(lambda: status_command.job_detail(state, job))
         _print_json(detail) if as_json else status_command.render_detail(detail)
