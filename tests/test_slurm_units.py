@@ -158,3 +158,41 @@ def test_submit_slurm_errors_are_one_sentence(cli: Cli, tmp_path: Path) -> None:
         (Path(cli.env["TRAINSUP_HOME"]) / "slurm").glob("*.json"))
     result = cli.run("submit", str(spec), "--dry-run", check=False)
     assert result.returncode == 2 and "--dry-run goes with --slurm" in result.stderr
+
+
+class _Probe:
+    def __init__(self) -> None:
+        from trainsup.gpu.probe import GpuInfo, GpuProcess
+
+        self.infos = [GpuInfo(i, f"GPU-{i}aaa-{i}", "H200", 100, 0) for i in range(4)]
+        self.procs = [GpuProcess(10 + i, f"GPU-{i}aaa-{i}", 5) for i in range(4)]
+        self.closed = False
+
+    def gpus(self):
+        return self.infos
+
+    def processes(self):
+        return self.procs
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("visible, indices", [("2,3", [2, 3]), ("GPU-1aaa-1", [1]), ("GPU-0aaa", [0]),
+                                              ("", []), ("0, 3", [0, 3])])
+def test_inside_slurm_only_the_allocated_gpus_are_placed_on(visible: str, indices: list[int]) -> None:
+    from trainsup.slurm.gpus import AllocatedGpus
+
+    probe = AllocatedGpus(_Probe(), visible.split(","))
+    assert [gpu.index for gpu in probe.gpus()] == indices
+    assert [process.pid for process in probe.processes()] == [10 + i for i in indices]
+
+
+def test_the_allocated_probe_applies_only_inside_slurm_with_visible_devices(monkeypatch) -> None:
+    from trainsup.slurm.gpus import AllocatedGpus, allocated_probe
+
+    assert allocated_probe({"CUDA_VISIBLE_DEVICES": "0"}) is None
+    assert allocated_probe({"SLURM_JOB_ID": "5"}) is None
+    monkeypatch.setattr("trainsup.gpu.probe.probe_from_env", lambda environ: _Probe())
+    found = allocated_probe({"SLURM_JOB_ID": "5", "CUDA_VISIBLE_DEVICES": "1"})
+    assert isinstance(found, AllocatedGpus) and [gpu.index for gpu in found.gpus()] == [1]

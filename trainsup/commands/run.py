@@ -42,7 +42,9 @@ from trainsup.jobs import inbox
 from trainsup.jobs.states import JobState
 from trainsup.jobs.store import Store
 from trainsup.paths import StateDir
+from trainsup.gpu.probe import GpuProbe
 from trainsup.slurm import cluster
+from trainsup.slurm.gpus import allocated_probe
 from trainsup.slurm.records import RunReport, read_report, write_report
 from trainsup.supervisor.daemon import Daemon
 from trainsup.supervisor.notify import SystemdNotifier
@@ -75,8 +77,8 @@ class ForegroundRun(Daemon):
     """The daemon's loop for one job, ending with it; stdout gets its log."""
 
     def __init__(self, state: StateDir, job_id: str, out: TextIO, report_path: Path | None,
-                 slurm_id: str | None, allocation: int, attempts_before: int):
-        super().__init__(state, SystemdNotifier())
+                 slurm_id: str | None, allocation: int, attempts_before: int, probe: GpuProbe | None = None):
+        super().__init__(state, SystemdNotifier(), probe=probe)
         self.job_id = job_id
         self.out = out
         self.report_path = report_path
@@ -248,7 +250,8 @@ def run(spec_path: Path, name: str | None, state_dir: Path | None, report_path: 
         if slurm_id else f"pid {os.getpid()}"
     print(f"trainsup: running job {job_id} ({'resumed' if existing else 'submitted'}) in the foreground; "
           f"{where}; state in {state.root}", file=out, flush=True)
-    runner = ForegroundRun(state, job_id, out, report_path, slurm_id, allocation, attempts_before)
+    runner = ForegroundRun(state, job_id, out, report_path, slurm_id, allocation, attempts_before,
+                           allocated_probe(environ))
     if existing is not None and (store := Store.open_readonly(state.db)) is not None:
         try:  # what an earlier run printed already
             runner.shown, runner.events_shown = len(store.attempts(job_id)), len(store.events(job_id))
