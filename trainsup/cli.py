@@ -177,8 +177,8 @@ def _submit_slurm(state: StateDir, spec: Path, name: str | None, slurm: bool, dr
     if fresh or delay is not None:
         raise click.UsageError("--fresh and --delay do not go with --slurm (sbatch --begin delays a Slurm job)")
     if dry_run:
-        job, text = _guard(lambda: slurm_command.render_script(spec, name, state))
-        _print_json({"name": job.name, "script": text}) if as_json else click.echo(text, nl=False)
+        job_spec, text = _guard(lambda: slurm_command.render_script(spec, name, state))
+        _print_json({"name": job_spec.name, "script": text}) if as_json else click.echo(text, nl=False)
         return
     job = _guard(lambda: slurm_command.submit(spec, name, state))
     if as_json:

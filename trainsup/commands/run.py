@@ -119,12 +119,12 @@ class ForegroundRun(Daemon):
         else:
             self.stop = "requeue"
         if self.stop == "cancel":
-            self._say(f"{name}: the Slurm job was cancelled: cancelling the job")
+            self.say(f"{name}: the Slurm job was cancelled: cancelling the job")
             inbox.drop(self.state.inbox, {"kind": "control", "job_id": self.job_id, "action": "cancel",
                                           "requested_at": time.time()})
             return
         then = "requeue the Slurm job" if self.stop == "requeue" else "exit; run it again to resume"
-        self._say(f"{name}: asking the job to checkpoint and stop, then {then}")
+        self.say(f"{name}: asking the job to checkpoint and stop, then {then}")
         self.shutdown_requested = True
 
     def _why_slurm_terminates(self) -> str:
@@ -145,7 +145,7 @@ class ForegroundRun(Daemon):
 
     # --- output ------------------------------------------------------------------
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(f"trainsup: {text}", file=self.out, flush=True)
 
     def stream(self, store: Store) -> None:
@@ -153,7 +153,7 @@ class ForegroundRun(Daemon):
         events = store.events(self.job_id)
         for event in events[self.events_shown:]:
             if event.kind not in ("attempt_started", "attempt_running", "waiting"):
-                self._say(f"{event.kind}: {event.message}")
+                self.say(f"{event.kind}: {event.message}")
         self.events_shown = len(events)
         attempts = store.attempts(self.job_id)
         while self.shown < len(attempts):
@@ -200,7 +200,7 @@ class ForegroundRun(Daemon):
             try:
                 write_report(self.report_path, report)
             except OSError as exc:
-                self._say(f"cannot write the report {self.report_path}: {exc.strerror or exc}")
+                self.say(f"cannot write the report {self.report_path}: {exc.strerror or exc}")
             self.last_report = report
 
 
@@ -277,15 +277,15 @@ def _finish(runner: ForegroundRun) -> int:
             _comment(runner, f"trainsup: failed: {job.result}")
         return 0 if job.state is JobState.SUCCEEDED else 1
     if stop == "requeue":
-        runner._say(f"job {job.state}: requeueing Slurm job {runner.slurm_id}; it resumes from its checkpoint "
+        runner.say(f"job {job.state}: requeueing Slurm job {runner.slurm_id}; it resumes from its checkpoint "
                     "in a new allocation")
         try:
             cluster.requeue(runner.slurm_id)
         except SlurmError as exc:
-            runner._say(f"could not requeue: {exc} Submit it again to resume.")
+            runner.say(f"could not requeue: {exc} Submit it again to resume.")
             _comment(runner, "trainsup: stopped for the time limit, but scontrol requeue failed")
     else:
-        runner._say(f"job {job.state}: stopped; `trainsup run` with the same job file resumes it")
+        runner.say(f"job {job.state}: stopped; `trainsup run` with the same job file resumes it")
     return EXIT_STOPPED
 
 
@@ -293,7 +293,7 @@ def _comment(runner: ForegroundRun, text: str) -> None:
     try:
         cluster.set_comment(runner.slurm_id, text)
     except SlurmError as exc:
-        runner._say(f"could not leave a comment on the Slurm job: {exc}")
+        runner.say(f"could not leave a comment on the Slurm job: {exc}")
 
 
 def _log_to_file(path: Path) -> None:

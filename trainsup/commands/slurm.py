@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trainsup.errors import JobNotFoundError, SpecError, TrainsupError
-from trainsup.jobs.spec import load_spec
+from trainsup.jobs.spec import JobSpec, load_spec
 from trainsup.paths import StateDir
 from trainsup.slurm import cluster, script
 from trainsup.slurm.cluster import SlurmInfo
@@ -23,8 +23,8 @@ from trainsup.slurm.records import RunReport, SlurmDir, SlurmJob, read_report
 FOLLOW_POLL_S = 0.5
 
 
-def render_script(spec_path: Path, name: str | None, state: StateDir) -> tuple[SlurmJob, str]:
-    """The job's name, and the sbatch script for the job file (nothing written).
+def render_script(spec_path: Path, name: str | None, state: StateDir) -> tuple[JobSpec, str]:
+    """The job's spec, and the sbatch script for the job file (nothing written).
 
     Raises:
         SpecError: a bad job file; one without checkpoint_dir (a requeued job resumes from it,
@@ -40,23 +40,20 @@ def render_script(spec_path: Path, name: str | None, state: StateDir) -> tuple[S
                         "shares: a requeued job resumes from it.")
     resolved = resolve(spec, spec_path, state, "slurm")
     slurm_dir = SlurmDir(state)
-    text = script.render(resolved, spec_path.resolve(), resolved.workdir, slurm_dir.root, sys.executable, name)
-    job = SlurmJob(slurm_id="0", name=spec.name, spec_path=str(spec_path.resolve()),
-                   partition=spec.slurm.partition if spec.slurm else None, submitted_at=time.time(),
-                   script="", log="", report="")
-    return job, text
+    return spec, script.render(resolved, spec_path.resolve(), resolved.workdir, slurm_dir.root, sys.executable, name)
 
 
 def submit(spec_path: Path, name: str | None, state: StateDir) -> SlurmJob:
     """sbatch the job file's script; record it so that status, logs, cancel and show find it."""
-    draft, text = render_script(spec_path, name, state)
+    spec, text = render_script(spec_path, name, state)
     slurm_dir = SlurmDir(state)
     state.ensure()
     slurm_dir.ensure()  # the output file's folder must exist before the job starts
     slurm_id = cluster.sbatch(text)
-    job = draft.model_copy(update={
-        "slurm_id": slurm_id, "submitted_at": time.time(), "script": str(slurm_dir.script_path(slurm_id)),
-        "log": str(slurm_dir.log_path(slurm_id)), "report": str(slurm_dir.report_path(slurm_id))})
+    job = SlurmJob(slurm_id=slurm_id, name=spec.name, spec_path=str(spec_path.resolve()),
+                   partition=spec.slurm.partition if spec.slurm else None, submitted_at=time.time(),
+                   script=str(slurm_dir.script_path(slurm_id)), log=str(slurm_dir.log_path(slurm_id)),
+                   report=str(slurm_dir.report_path(slurm_id)))
     Path(job.script).write_text(text)
     slurm_dir.save(job)
     return job
@@ -209,7 +206,6 @@ def print_log(state: StateDir, key: str, tail: int | None, follow: bool, as_json
         out.write(json.dumps({"job": f"slurm:{job.slurm_id}", "attempt": None, "line": text}) + "\n"
                   if as_json else text + "\n")
 
-    offset = 0
     try:
         data = path.read_bytes()
     except FileNotFoundError:
