@@ -144,6 +144,7 @@ def test_status_lists_slurm_jobs_marked_as_such(cli: Cli, submitted: dict[str, s
     assert "#SBATCH --requeue" in shown and "#SBATCH --signal=B:USR1@40" in shown
 
 
+@pytest.mark.timeout(480)  # usually 1.5-2.5 minutes: two or three 1-minute allocations and their requeues
 def test_the_time_limit_checkpoints_requeues_and_finishes_later(cluster, cli: Cli, home: Path,
                                                                  submitted: dict[str, str]) -> None:
     slurm_id = submitted["time-limit"]
