@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -85,3 +86,18 @@ def test_bad_input_is_one_sentence(state_env: dict[str, str], tmp_path: Path) ->
     sweep = write_spec(tmp_path / "sweep.yaml", name="s", command="echo {x}", sweep={"x": [1, 2]})
     result = subprocess.run([TRAINSUP, "run", str(sweep)], env=state_env, capture_output=True, text=True)
     assert result.returncode == 2 and "trainsup run takes one job" in result.stderr
+
+
+def test_the_default_state_dir_is_private_and_refuses_one_another_user_planted(
+        state_env: dict[str, str], tmp_path: Path, base: Path, bob) -> None:
+    from trainsup.commands.run import default_state_dir
+
+    spec = _spec(tmp_path)
+    env = {**state_env, "TMPDIR": str(base)}  # a shared, sticky scratch dir like /tmp
+    planted = default_state_dir(spec, env).parent
+    bob.run(lambda: planted.mkdir(mode=0o777))
+    result = subprocess.run([TRAINSUP, "run", str(spec)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"trainsup: {planted} is not a folder of yours; give another with --state.\n"
+    assert default_state_dir(spec, {"TMPDIR": "/x", "SLURM_JOB_ID": "42", "SLURM_CLUSTER_NAME": "c1"}) == \
+        Path(f"/x/trainsup-run-{os.getuid()}/slurm-c1-42")

@@ -223,7 +223,8 @@ def run(spec_path: Path, name: str | None, state_dir: Path | None, report_path: 
     if submit_command.sweep_of(spec_path, name) is not None:
         raise SpecError(f"{spec_path} is a sweep: trainsup run takes one job; `trainsup submit` queues a sweep.")
     state_root = (state_dir or default_state_dir(spec_path, environ)).absolute()
-    _own_folder(state_root.parent)
+    if state_dir is None:
+        _own_folder(state_root.parent)  # in a shared $TMPDIR: not one another user made for us
     _own_folder(state_root)
     state = StateDir(state_root)
     if daemon_running(state):  # refused before anything is submitted into its inbox
