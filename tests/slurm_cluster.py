@@ -117,7 +117,7 @@ class SlurmCluster:
         root = self.root
         return "\n".join([
             "ClusterName=trainsup-test",
-            f"SlurmctldHost={self.host}",
+            f"SlurmctldHost={self.host}(127.0.0.1)",  # no name lookup needed
             f"SlurmctldPort={ctld_port}",
             f"SlurmdPort={slurmd_port}",
             "SlurmUser=root",

@@ -151,15 +151,20 @@ def _detail(job: SlurmJob) -> dict[str, Any]:
     }
 
 
+# Slurm's job states in trainsup's words; other finished states (TIMEOUT, NODE_FAIL, ...) read as failed.
+STATE_WORDS = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "starting", "RUNNING": "running",
+               "COMPLETING": "stopping", "CANCELLED": "cancelled", "REQUEUE_HOLD": "held", "SUSPENDED": "held"}
+
+
 def _state(info: SlurmInfo | None, report: RunReport | None) -> str:
-    """trainsup's word for the Slurm job's state."""
+    """trainsup's word for the Slurm job's state: Slurm's, or the report's where Slurm forgot the job."""
     if info is None:
         return report.state if report else "unknown"
     if info.state == "COMPLETED":
         return report.state if report and report.state in ("succeeded", "failed") else "succeeded"
-    return {"PENDING": "queued", "RUNNING": "running", "COMPLETING": "running", "CANCELLED": "cancelled",
-            "REQUEUED": "queued", "REQUEUE_HOLD": "held", "SUSPENDED": "held"}.get(info.state, "failed"
-                                                                              if info.finished else info.state.lower())
+    if info.state in STATE_WORDS:
+        return STATE_WORDS[info.state]
+    return "failed" if info.finished else info.state.lower()
 
 
 def rows(state: StateDir) -> list[dict[str, Any]]:
