@@ -188,7 +188,14 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel what still runs, then stop the daemons (slurmd, slurmctld, munged)."""
         env = {**os.environ, **self.env}
-        subprocess.run([_which("scancel"), "--full", "--user=root"], env=env, capture_output=True, timeout=30)
+        subprocess.run([_which("scancel"), "--user=root"], env=env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 45  # KillWait (30 s) and the jobs' own stop paths: slurmstepd
+        while time.monotonic() < deadline:  # outlives slurmd, so wait for the jobs to be gone first
+            queue = subprocess.run([_which("squeue"), "-h", "-o", "%i"], env=env, capture_output=True, text=True,
+                                   timeout=30)
+            if queue.returncode != 0 or not queue.stdout.strip():
+                break
+            time.sleep(0.5)
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
