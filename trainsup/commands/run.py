@@ -50,6 +50,7 @@ from trainsup.supervisor.daemon import Daemon
 from trainsup.supervisor.notify import SystemdNotifier
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped before it finished; it resumes from its checkpoint
+SLURM_QUERY_S = 5.0
 
 
 def default_state_dir(spec_path: Path, environ: dict[str, str] | os._Environ = os.environ) -> Path:
@@ -133,8 +134,8 @@ class ForegroundRun(Daemon):
         While Slurm kills a job, scontrol says COMPLETING whatever the cause, so the time
         limit is told by the job's run time; without an answer the job is only stopped.
         """
-        try:
-            found = cluster.info(self.slurm_id)
+        try:  # quickly: Slurm SIGKILLs the job KillWait (30 s by default) after this SIGTERM
+            found = cluster.info(self.slurm_id, timeout=SLURM_QUERY_S)
         except SlurmError:
             found = None
         if found is None:

@@ -51,14 +51,15 @@ class SlurmInfo(BaseModel):
         return self.state in FINISHED
 
 
-def _run(argv: list[str], what: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def _run(argv: list[str], what: str, stdin: str | None = None,
+         timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     program = shutil.which(argv[0])
     if program is None:
         raise SlurmError(f"{argv[0]} is not installed or not on PATH: {what} needs the Slurm client commands.")
     try:
-        return subprocess.run([program, *argv[1:]], input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
+        return subprocess.run([program, *argv[1:]], input=stdin, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer within {TIMEOUT_S:.0f}s ({what}).") from None
+        raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f}s ({what}).") from None
 
 
 def _refused(result: subprocess.CompletedProcess, argv0: str) -> SlurmError:
@@ -97,15 +98,20 @@ def set_comment(slurm_id: str, comment: str) -> None:
         raise _refused(result, "scontrol update")
 
 
-def info(slurm_id: str) -> SlurmInfo | None:
-    """What Slurm knows of the job: scontrol while the controller has it, else sacct; None when neither does."""
+def info(slurm_id: str, timeout: float = TIMEOUT_S) -> SlurmInfo | None:
+    """What Slurm knows of the job: scontrol while the controller has it, else sacct; None when neither does.
+
+    Raises:
+        SlurmError: a command did not answer within `timeout` seconds.
+    """
     if shutil.which("scontrol") is not None:
-        result = _run(["scontrol", "show", "job", "-o", slurm_id], "asking Slurm about a job")
+        result = _run(["scontrol", "show", "job", "-o", slurm_id], "asking Slurm about a job", timeout=timeout)
         if result.returncode == 0 and result.stdout.strip():
             return parse_scontrol(slurm_id, result.stdout.strip().splitlines()[0])
     if shutil.which("sacct") is not None:
         result = _run(["sacct", "-j", slurm_id, "-X", "-n", "-P", "-o",
-                       "JobID,State,Reason,Partition,NodeList,ExitCode,Comment"], "asking Slurm's accounting")
+                       "JobID,State,Reason,Partition,NodeList,ExitCode,Comment"], "asking Slurm's accounting",
+                      timeout=timeout)
         if result.returncode == 0 and result.stdout.strip():
             return parse_sacct(slurm_id, result.stdout.strip().splitlines()[0])
     return None
