@@ -47,14 +47,6 @@ def test_a_crash_restarts_in_place_and_the_log_is_on_stdout(state_env: dict[str,
     assert again.returncode == 0 and "already succeeded" in again.stdout
 
 
-def test_a_failure_exits_1_with_the_reason(state_env: dict[str, str], tmp_path: Path) -> None:
-    _spec(tmp_path, "--crash-at", "2", "--crash-always", restart={"max_restarts": 1, "initial": "0.5s"})
-    result = _run(state_env, tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "──── trainsup: job failed: " in result.stdout
-    assert json.loads((tmp_path / "report.json").read_text())["state"] == "failed"
-
-
 def test_sigint_checkpoints_exits_75_and_a_second_run_resumes(state_env: dict[str, str], tmp_path: Path) -> None:
     _spec(tmp_path, "--epochs", "4", "--step-delay", "0.25", "--save-every", "100")
     log = open(tmp_path / "first.out", "w")
