@@ -16,9 +16,12 @@ with Saving(in_background=True) between two of its steps:
                      optimizer's next step for the copy of its tensors
   async durable      from the start of that save until it is durable in the background
   async loop loss    the loop's time from the start of that save to the end of the first
-                     step ending after it is durable, less as many steps without a save:
-                     what the save cost training in all (its copy, a thread lent to the
-                     writer, the writer's CPU and memory traffic)
+                     step ending after it is durable, less as many steps without a save
+                     (the median step of the round's steps just before it): what the save
+                     cost training in all (its copy, a thread lent to the writer, the
+                     writer's CPU and memory traffic)
+The async rows take 3 x --repeats rounds (each round is a few steps; the loop's figures
+are noisier than a save's on a shared machine).
 
     python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
                                           [--batch 32] [--device cuda] [--json PATH]
@@ -136,7 +139,7 @@ def bench_size(size: int, repeats: int, root: Path, device: str, batch: int) -> 
 
 def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:
     """Background saves between the steps of a loop training `model`; each round, as many
-    steps without a save as the last save window had, then a save window."""
+    steps without a save as the last save window had (at least 3), then a save window."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     rows = torch.randn(batch, WIDTH, device=device)
 
@@ -149,7 +152,7 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
 
     stalls: list[float] = []
     durable: list[float] = []
-    window_steps: list[tuple[float, int]] = []
+    losses: list[float] = []
     base: list[float] = []
     with Session(model, optimizer, checkpoint_dir=root, handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
                  saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True),
@@ -160,12 +163,14 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
             train_step()
             session.step_done()
         steps = 3
-        for _ in range(repeats):
+        for _ in range(3 * repeats):
+            before: list[float] = []
             for _ in range(steps):
                 started = time.monotonic()
                 train_step()
                 session.step_done()
-                base.append(time.monotonic() - started)
+                before.append(time.monotonic() - started)
+            base.extend(before)
             waited = saver.waited_s
             started = time.monotonic()
             session.save()
@@ -182,12 +187,10 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
             session.wait_for_save()
             stalls.append(stall + saver.waited_s - waited)
             durable.append(background.finished_at - started)
-            window_steps.append((ended - started, steps))
+            losses.append(ended - started - steps * statistics.median(before))
             steps = max(3, steps)
-    step = statistics.median(base)
-    losses = [elapsed - n * step for elapsed, n in window_steps]
-    return {"loop step": step, "async stall": statistics.median(stalls), "async durable": statistics.median(durable),
-            "async loop loss": statistics.median(losses)}
+    return {"loop step": statistics.median(base), "async stall": statistics.median(stalls),
+            "async durable": statistics.median(durable), "async loop loss": statistics.median(losses)}
 
 
 def main() -> None:

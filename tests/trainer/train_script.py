@@ -20,6 +20,13 @@ from trainsup import trainer  # noqa: E402
 from trainsup.trainer import rng  # noqa: E402
 
 
+def event(text: str) -> None:
+    """One line in one write: `print` writes the text and its newline apart, so a line of
+    the background save's thread could land between them and hide both from the test."""
+    sys.stdout.write(f"event {text}\n")
+    sys.stdout.flush()
+
+
 class SlowOps(trainer.FileOps):
     """Announces each file-system step of a save, so a test can kill in the middle."""
 
@@ -29,7 +36,7 @@ class SlowOps(trainer.FileOps):
 
     def _announce(self, name: str) -> None:
         self.count += 1
-        print(f"event saveop {self.count} {name}", flush=True)
+        event(f"saveop {self.count} {name}")
         time.sleep(self.delay)
 
     def mkdir(self, path):  # type: ignore[no-untyped-def]
@@ -85,20 +92,20 @@ def main() -> None:
                                                in_background=args.save_in_background),
                          batch=batch, ops=SlowOps(slow) if slow else None) as session:
         for epoch in session.epochs(args.epochs):
-            print(f"event epoch {epoch}", flush=True)
+            event(f"epoch {epoch}")
             for step in session.steps(loader):
                 for i, (ids, x, y) in enumerate(step):
                     x = x * (1 + 0.01 * np.random.rand()) + 0.01 * torch.randn_like(x) + random.random() * 1e-3
                     loss = torch.nn.functional.cross_entropy(model(x), y) / len(step)
                     loss.backward()
                     state["seen"].extend(ids.tolist())
-                    print(f"event micro {session.step} {i}", flush=True)
+                    event(f"micro {session.step} {i}")
                 optimizer.step()
                 optimizer.zero_grad()
                 scheduler.step()
                 state["epoch_losses"].append(loss.item())
                 session.step_done(loss=loss.item())
-                print(f"event step {session.step}", flush=True)
+                event(f"step {session.step}")
                 time.sleep(args.step_delay)
             losses, state["epoch_losses"] = state["epoch_losses"], []
             mean = sum(losses) / max(len(losses), 1)
@@ -109,7 +116,7 @@ def main() -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng.capture(), "extra": state,
                 "step": session.step}, args.out)
-    print("event done", flush=True)
+    event("done")
 
 
 if __name__ == "__main__":
