@@ -1,6 +1,7 @@
 """What power safety costs: save times for the same state, in the same run.
 
-For each size, the median of --repeats rounds; each round runs the first four once, in turn:
+For each size, a model of 1024-wide Linear layers with about that many bytes of parameters;
+the median of --repeats rounds, each running the first four once, in turn:
   disk floor         the bytes of that torch.save file written with os.write, then fsync
   torch.save         plain torch.save to a file (page cache only)
   torch.save+fsync   the same, then fsync the file
@@ -90,7 +91,7 @@ def write_fsync(path: Path, size: int, chunk: int = 4 << 20) -> None:
         os.close(fd)
 
 
-def bench_size(size: int, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:
+def bench_size(size: int, repeats: int, root: Path, device: str, batch: int = 32) -> dict[str, float]:
     model = model_of(size).to(device)
     state = {"model": model.state_dict()}
     target = root / "plain.pt"
