@@ -80,7 +80,7 @@ def test_the_next_optimizer_step_waits_and_the_checkpoint_holds_the_state_of_sav
     helpers.assert_same(state["optimizer"], expected["optimizer"], "optimizer")
 
 
-def test_a_change_outside_the_optimizer_fails_the_save_and_keeps_the_previous(
+def test_a_change_outside_the_optimizer_fails_the_save_keeps_the_previous_then_saves_copy_at_once(
         tmp_path: Path, helpers: Any, slow_copy: None) -> None:
     model, optimizer = make()
     with session_for(tmp_path, model, optimizer) as session:
@@ -95,9 +95,18 @@ def test_a_change_outside_the_optimizer_fails_the_save_and_keeps_the_previous(
             model[0].weight.add_(1.0)  # not through the optimizer, before its copy
         with pytest.raises(CheckpointSaveError, match="changed in place outside optimizer.step"):
             session.wait_for_save()
-    assert not (tmp_path / "step-000000002").exists()
-    assert (tmp_path / "LATEST").read_text() == "step-000000001\n"
-    helpers.assert_same(saved_state(tmp_path / "step-000000001"), before)
+        assert not (tmp_path / "step-000000002").exists()
+        assert (tmp_path / "LATEST").read_text() == "step-000000001\n"
+        helpers.assert_same(saved_state(tmp_path / "step-000000001"), before)
+        # The loop does it again: from now on the whole state is copied when save() is called.
+        train_step(model, optimizer)
+        session.step_done()
+        expected = copy.deepcopy(model.state_dict())
+        session.save()
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        assert session.wait_for_save() is not None
+    helpers.assert_same(saved_state(tmp_path / "step-000000003")["model"], expected, "model")
 
 
 def test_a_change_after_the_optimizer_step_is_not_a_failure(tmp_path: Path, slow_copy: None) -> None:

@@ -15,8 +15,9 @@ only through it, or call `session.wait_for_save()` first. A change through PyTor
 (`p.add_()` under `no_grad`, `load_state_dict`) bumps the tensor's version counter, which
 is checked after each tensor is copied, when the optimizer's next step comes and, if it
 has not come yet, once the state file is written, before the checkpoint is committed: the
-save then fails (the previous checkpoint is intact) instead of holding a mixed state. A
-write that bypasses the counter (`p.data`, a NumPy view of the tensor) is not seen.
+save then fails (the previous checkpoint is intact) instead of holding a mixed state, and
+the session's later background saves copy everything at `save()` (`saving.Saver`).
+A write that bypasses the counter (`p.data`, a NumPy view of the tensor) is not seen.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class DeferredCopy:
     @property
     def copied(self) -> bool:
         return self._copied.is_set()
+
+    @property
+    def changed(self) -> bool:
+        """A tensor was changed in place outside the optimizer's step before it was copied."""
+        return self._changed
 
     def run(self) -> None:
         """Copy every pending tensor, in order."""

@@ -69,6 +69,9 @@ class Saver:
         self._hook: Any = None
         self._copy: DeferredCopy | None = None
         self._lent_from: int | None = None  # torch's thread count before one was lent to the save
+        # The loop changed the optimizer's tensors outside its step during a save: from then
+        # on every background save copies the whole state at save() (a longer stall, no failure).
+        self._copy_at_save = False
 
     def attach(self) -> None:
         """Hook the optimizer's step (background saves only): it waits for a copy in flight."""
@@ -94,8 +97,16 @@ class Saver:
             return 0.0
         waited = self._copy.release()
         self._copier.wait()
+        self._note_if_changed(self._copy)
         self._copy = None
         return waited
+
+    def _note_if_changed(self, copy: DeferredCopy) -> None:
+        if copy.changed and not self._copy_at_save:
+            self._copy_at_save = True
+            log.warning("A parameter or optimizer state was changed in place outside optimizer.step() while a "
+                        "background save copied it: that save fails (the previous checkpoint stays), and the "
+                        "following background saves copy the whole state when save() is called, a longer stall.")
 
     def poll(self) -> None:
         """At a step boundary: give back the thread lent to a background save that ended."""
@@ -126,7 +137,7 @@ class Saver:
         self._last_save = time.monotonic()
         if self.options.in_background and not wait:
             pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-            defer = owned_storages(self._optimizer) if self._hook is not None else None
+            defer = owned_storages(self._optimizer) if self._hook is not None and not self._copy_at_save else None
             state = statefile.snapshot(state, self._buffers, defer=defer, pending=pending)
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # the non-blocking copies to pinned memory
