@@ -42,7 +42,7 @@ def test_cancel_ends_cancelled_whatever_the_ending() -> None:
     assert decide([attempt(R.SUCCEEDED)], policy(), cancel_requested=True).action is Action.CANCEL
 
 
-@pytest.mark.parametrize("reason", [*FAILURES, R.PREEMPTED, R.INTERRUPTED, R.HOST_RESTART, R.SPAWN_FAILED])
+@pytest.mark.parametrize("reason", [*sorted(FAILURES), R.PREEMPTED, R.INTERRUPTED, R.HOST_RESTART, R.SPAWN_FAILED])
 def test_cancel_wins_over_every_other_ending(reason: EndReason) -> None:
     assert decide([attempt(reason)], policy(), cancel_requested=True).action is Action.CANCEL
 
