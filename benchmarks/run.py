@@ -41,7 +41,7 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
 
     Interface expected of bench_checkpoint.py: `--sizes 10MB,100MB[,1GB] --repeats N
     --dir PATH --json PATH`; the JSON holds {"sizes": {label: {"torch.save": s,
-    "torch.save+fsync": s, "power-safe": s, "async stall": s, "async durable": s}}}.
+    "torch.save+fsync": s, "power-safe": s, "async stall": s, "async durable": s, "async loop loss": s}}}.
     """
     from trainsup.units import parse_size
 
@@ -75,6 +75,7 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
             "power-safe / disk floor": common.ratio(figures.get("power-safe"), floor),
             "async stall / power-safe": common.ratio(figures.get("async stall"), figures.get("power-safe")),
             "async durable / power-safe": common.ratio(figures.get("async durable"), figures.get("power-safe")),
+            "async loop loss / power-safe": common.ratio(figures.get("async loop loss"), figures.get("power-safe")),
         }
     result["ratios"] = ratios
     return result
@@ -177,9 +178,11 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
                         f"disk floor {_f(floor['write_fsync_s'], 3)} ({_f(floor['mb_per_s'], 0)} MB/s)",
                         f"{_x(r.get('power-safe / torch.save+fsync'))} save+fsync, {_x(r.get('power-safe / disk floor'))} floor"))
             out.append(("", "async save (training on the same cores)",
-                        f"stalls {_f(s.get('async stall'), 3, ' s')}; durable after {_f(s.get('async durable'), 3, ' s')}",
+                        f"stalls {_f(s.get('async stall'), 3, ' s')}; durable after {_f(s.get('async durable'), 3, ' s')}; "
+                        f"loop loss {_f(s.get('async loop loss'), 3, ' s')}",
                         f"power-safe save {_f(s.get('power-safe'), 3, ' s')}",
-                        f"stall {_x(r.get('async stall / power-safe'))}, durable {_x(r.get('async durable / power-safe'))}"))
+                        f"stall {_x(r.get('async stall / power-safe'))}, durable {_x(r.get('async durable / power-safe'))}, "
+                        f"loss {_x(r.get('async loop loss / power-safe'))}"))
     elif name == "resume":
         r = fig["runs"]
         out.append(("Resume", f"start → first step ({fig['script'].split('/')[1]})", _f(r["resume"]["median"], 0, " ms"),
