@@ -108,18 +108,18 @@ def test_a_module_job_preloads_what_its_module_imports_without_running_its_packa
 
 def test_a_changed_environment_or_command_makes_a_standby_stale(tmp_path: Path) -> None:
     env = {"PATH": "/bin", "TRAINSUP_ATTEMPT": "2", "CUDA_VISIBLE_DEVICES": ""}
-    command, interpreter = ["python", "t.py"], ["python"]
+    entry, interpreter = python_entry(["python", "t.py"]), ["python"]
     cwd = os.getcwd()
     per_attempt = {**env, "TRAINSUP_ATTEMPT": "3", "CUDA_VISIBLE_DEVICES": "GPU-1"}
-    assert why_stale({}, env, per_attempt, cwd, [*command, "--resume", "x"], interpreter) is None
-    assert "PATH" in why_stale({}, env, {**env, "PATH": "/usr/bin"}, cwd, command, interpreter)
-    assert "HOME" in why_stale({}, env, {**env, "HOME": "/root"}, cwd, command, interpreter)
-    assert "interpreter" in why_stale({}, env, env, cwd, ["python", "-u", "t.py"], interpreter)
-    assert "working directory" in why_stale({}, env, env, str(tmp_path), command, interpreter)
+    assert why_stale({}, env, per_attempt, cwd, python_entry(["python", "t.py", "--resume", "x"]), interpreter) is None
+    assert "PATH" in why_stale({}, env, {**env, "PATH": "/usr/bin"}, cwd, entry, interpreter)
+    assert "HOME" in why_stale({}, env, {**env, "HOME": "/root"}, cwd, entry, interpreter)
+    assert "interpreter" in why_stale({}, env, env, cwd, python_entry(["python", "-u", "t.py"]), interpreter)
+    assert "working directory" in why_stale({}, env, env, str(tmp_path), entry, interpreter)
     module = tmp_path / "lib.py"
     module.write_text("A = 1\n")
     stamp = (module.stat().st_mtime_ns - 1, module.stat().st_size)
-    assert "lib.py changed" in why_stale({str(module): stamp}, env, env, cwd, command, interpreter)
+    assert "lib.py changed" in why_stale({str(module): stamp}, env, env, cwd, entry, interpreter)
 
 
 # --- the daemon's side, on fakes ---------------------------------------------------------------

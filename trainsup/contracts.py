@@ -115,13 +115,13 @@ class LaunchRecord(NamedTuple):
         try:
             return cls(
                 command=[str(arg) for arg in payload["command"]],
-                cwd=payload.get("cwd") if isinstance(payload.get("cwd"), str) else None,
+                cwd=_str_or_none(payload.get("cwd")),
                 env={str(k): str(v) for k, v in payload["env"].items()},
                 log_path=str(payload["log_path"]),
                 lock_path=str(payload["lock_path"]),
                 grace_period=float(payload["grace_period"]),
-                stop_signal=payload.get("stop_signal") if isinstance(payload.get("stop_signal"), str) else None,
-                cgroup=payload.get("cgroup") if isinstance(payload.get("cgroup"), str) else None,
+                stop_signal=_str_or_none(payload.get("stop_signal")),
+                cgroup=_str_or_none(payload.get("cgroup")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
@@ -150,7 +150,7 @@ class EndedRecord(NamedTuple):
             signal=_int_or_none(payload.get("signal")),
             ended_at=_float_or_none(payload.get("ended_at")),
             never_started=bool(payload.get("never_started")),
-            spawn_error=payload.get("spawn_error") if isinstance(payload.get("spawn_error"), str) else None,
+            spawn_error=_str_or_none(payload.get("spawn_error")),
             stop_requested=bool(payload.get("stop_requested")),
             killed_after_grace=bool(payload.get("killed_after_grace")),
         )
@@ -440,3 +440,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def _float_or_none(value: Any) -> float | None:
     return float(value) if _is_number(value) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

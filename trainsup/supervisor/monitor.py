@@ -9,8 +9,8 @@ descendant escapes, and when the job ends it reaps every descendant and writes
     python -m trainsup.supervisor.monitor RUN_DIR
 
 RUN_DIR/launch.json (`contracts.LaunchRecord`) holds the command, its cwd and env, the
-log, the lock, the stop signal, the grace period and the cgroup. SIGTERM to the monitor = stop the job: its `stop_signal` to the
-job's main process only (its children, e.g. DataLoader workers or torchrun's workers,
+log, the lock, the stop signal, the grace period and the cgroup. SIGTERM to the monitor =
+stop the job: its `stop_signal` to the job's main process only (its children, e.g. DataLoader workers or torchrun's workers,
 are its business), SIGKILL to the whole tree after the grace period.
 
 A warm standby for the attempt that would follow the running one:
@@ -454,8 +454,6 @@ def _create_time(pid: int) -> float | None:
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-
-
 def _signal_process(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -529,10 +527,10 @@ def run_standby(standby_dir: Path, run_dir: Path, control_fd: int) -> int:
     _become_subreaper()
     monitor = AttemptMonitor(run_dir, standby=True)  # first: its process must not inherit blocked stop signals
     try:
-        plan = read_json(standby_dir / STANDBY_FILE)
+        plan = read_json(standby_dir / STANDBY_FILE) or {}  # missing: WarmProcess.start raises KeyError
         monitor.join_cgroup(plan.get("cgroup"), [])  # now, not at activation: its process starts inside
         monitor.warm = WarmProcess.start(standby_dir, plan)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"trainsup monitor: no standby process: {exc}", flush=True)
         monitor.standby_note = "not used: it could not be started"
     if not monitor.wait_for_activation(control_fd):

@@ -210,9 +210,8 @@ def module_files() -> dict[str, tuple[int, int]]:
 
 
 def why_stale(loaded: dict[str, tuple[int, int]], environment: dict[str, str], wanted: dict[str, str],
-              cwd: str | None, command: list[str], interpreter: list[str]) -> str | None:
-    """Why this standby must not become the attempt, or None if it may."""
-    entry = python_entry(command, wanted.get("PATH"))
+              cwd: str | None, entry: PythonEntry | None, interpreter: list[str]) -> str | None:
+    """Why this standby must not become the attempt (whose command runs `entry`), or None if it may."""
     if entry is None or entry.interpreter != interpreter:
         return "the command's interpreter or options are not the standby's"
     if cwd and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
@@ -310,13 +309,14 @@ def main() -> int:
     if len(fds) != 2:
         return 0
     log_fd, lock_fd = fds
-    why = why_stale(loaded, environment, message["env"], message.get("cwd"), message["command"], entry.interpreter)
+    target = python_entry(message["command"], message["env"].get("PATH"))
+    why = why_stale(loaded, environment, message["env"], message.get("cwd"), target, entry.interpreter)
     if why is not None:
         sock.sendall(f"stale {why}\n".encode())
         return 0
     sock.sendall(b"go\n")
     sock.close()
-    become(python_entry(message["command"], message["env"].get("PATH")), environment, message["env"], log_fd, lock_fd)
+    become(target, environment, message["env"], log_fd, lock_fd)
     return 0
 
 

@@ -14,7 +14,7 @@ import torch
 
 from trainsup.trainer import statefile
 from trainsup.trainer.background import BackgroundSave
-from trainsup.trainer.deferred import DeferredCopy, owned_storages
+from trainsup.trainer.deferred import DeferredCopy, Pending, owned_storages
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
 from trainsup.trainer.errors import CheckpointSaveError, OptionError
 from trainsup.trainer.fsops import Writer
@@ -136,7 +136,7 @@ class Saver:
         self.dirty = False
         self._last_save = time.monotonic()
         if self.options.in_background and not wait:
-            pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+            pending: Pending = []
             defer = owned_storages(self._optimizer) if self._hook is not None and not self._copy_at_save else None
             state = statefile.snapshot(state, self._buffers, defer=defer, pending=pending)
             if torch.cuda.is_available() and torch.cuda.is_initialized():
