@@ -62,16 +62,18 @@ def _run(argv: list[str], what: str, stdin: str | None = None,
         raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f}s ({what}).") from None
 
 
-def _refused(result: subprocess.CompletedProcess, argv0: str) -> SlurmError:
-    message = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}").splitlines()[-1]
-    return SlurmError(f"{argv0} refused: {message.rstrip('.')}.")
+def _obeyed(argv: list[str], what: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`_run`, and one sentence with the command's own last line of complaint if it refused."""
+    result = _run(argv, what, stdin=stdin)
+    if result.returncode != 0:
+        message = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}").splitlines()[-1]
+        raise SlurmError(f"{' '.join(argv[:2]) if argv[0] == 'scontrol' else argv[0]} refused: {message.rstrip('.')}.")
+    return result
 
 
 def sbatch(script: str) -> str:
     """Submit `script` (read from stdin, so its #SBATCH lines apply); return the Slurm job id."""
-    result = _run(["sbatch", "--parsable"], "submitting to Slurm", stdin=script)
-    if result.returncode != 0:
-        raise _refused(result, "sbatch")
+    result = _obeyed(["sbatch", "--parsable"], "submitting to Slurm", stdin=script)
     slurm_id = result.stdout.strip().split(";")[0]
     if not slurm_id.isdigit():
         raise SlurmError(f"sbatch answered {result.stdout.strip()!r} instead of a job id.")
@@ -79,23 +81,17 @@ def sbatch(script: str) -> str:
 
 
 def cancel(slurm_id: str) -> None:
-    result = _run(["scancel", slurm_id], "cancelling a Slurm job")
-    if result.returncode != 0:
-        raise _refused(result, "scancel")
+    _obeyed(["scancel", slurm_id], "cancelling a Slurm job")
 
 
 def requeue(slurm_id: str) -> None:
-    result = _run(["scontrol", "requeue", slurm_id], "requeueing a Slurm job")
-    if result.returncode != 0:
-        raise _refused(result, "scontrol requeue")
+    _obeyed(["scontrol", "requeue", slurm_id], "requeueing a Slurm job")
 
 
 def set_comment(slurm_id: str, comment: str) -> None:
     """Leave `comment` on the job (shown by scontrol and by sacct with AccountingStoreFlags=job_comment)."""
     text = re.sub(r"[^\x20-\x7e]", " ", comment).replace('"', "'")[:250]
-    result = _run(["scontrol", "update", f"JobId={slurm_id}", f"Comment={text}"], "commenting a Slurm job")
-    if result.returncode != 0:
-        raise _refused(result, "scontrol update")
+    _obeyed(["scontrol", "update", f"JobId={slurm_id}", f"Comment={text}"], "commenting a Slurm job")
 
 
 def info(slurm_id: str, timeout: float = TIMEOUT_S) -> SlurmInfo | None:
