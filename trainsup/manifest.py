@@ -26,6 +26,7 @@ READABLE_FORMATS = (1, 2)
 ALGORITHMS = ("blake3", "sha256")
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 4 << 20
+_OVERLAP_BYTES = 1 << 20  # a write this big is hashed in another thread meanwhile
 # A manifest lists a few files (a sharded HF checkpoint: hundreds); anything this big is not one.
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -102,10 +103,24 @@ class HashingWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self._hash.update(data)
-        written = self._file.write(data)
+        if len(data) < _OVERLAP_BYTES:
+            self._hash.update(data)
+            written = self._file.write(data)
+        else:
+            written = self._write_while_hashing(data)
         self.size += len(data)
         return written
+
+    def _write_while_hashing(self, data: bytes | memoryview) -> int:
+        """Hash `data` in another thread while this one writes it: both release the GIL,
+        so a big record costs the longer of the two instead of their sum."""
+        from trainsup.threadpool import pool
+
+        hashed = pool("hash", workers=2).submit(self._hash.update, data)
+        try:
+            return self._file.write(data)
+        finally:
+            hashed.result()  # `data` may be reused once this returns; the hash must be done with it
 
     def flush(self) -> None:
         self._file.flush()

@@ -134,6 +134,9 @@ class PowerLossModel(FileOps):
 
         self._op("remove_file", lambda: FileOps.remove_file(self, path), model)
 
+    def remove_tree_later(self, path: Path) -> None:
+        self.remove_tree(path)  # at once: the count of operations must not depend on a thread
+
     def materialize(self, target: Path, mode: str = "strict") -> None:
         """Write what survives a power cut now into `target`.
 

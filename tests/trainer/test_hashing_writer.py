@@ -113,3 +113,34 @@ def test_the_state_file_loads_and_the_crc32_option_is_put_back(tmp_path: Path) -
     with pytest.raises(Exception):  # torch cannot pickle a lambda
         state_writer({"x": lambda: 0})(io.BytesIO())  # type: ignore[arg-type]
     assert torch.serialization.get_crc32_options() is True
+
+
+def test_a_big_record_whose_write_fails_is_still_hashed_to_the_end_before_write_returns() -> None:
+    """The hash of a big record runs in another thread beside the write; the caller may reuse
+    the buffer once `write` returns or raises, so neither may happen while the hash reads it."""
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    class SlowHash:
+        def __init__(self) -> None:
+            self.hashed = 0
+            self.threads: list[str] = []
+
+        def update(self, data: memoryview) -> None:
+            import threading
+
+            time.sleep(0.2)
+            self.threads.append(threading.current_thread().name)
+            self.hashed += len(data)
+
+    writer = HashingWriter(Full(), "blake3")
+    slow = writer._hash = SlowHash()  # noqa: SLF001
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(memoryview(bytearray(4 << 20)))
+    assert slow.hashed == 4 << 20
+    assert slow.threads[0].startswith("trainsup-hash")

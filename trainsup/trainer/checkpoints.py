@@ -6,6 +6,8 @@ Layout (inside the checkpoint dir):
     .tmp-step-000001300-x/   being written; removed by `prepare`
     .old-step-000001300-x/   a same-step checkpoint being replaced; restored by `prepare`
                              if the replacement never got its name, else removed
+    .expired-step-000000900-x/  dropped by retention, being removed in the background;
+                             removed by `prepare` if the process did not finish it
     LATEST                   hint only; the truth is the newest dir whose manifest verifies
     superseded-step-…-<t>/   set aside: corrupt, or newer than the checkpoint a run chose
 
@@ -43,6 +45,7 @@ from trainsup.manifest import (
 
 LATEST = "LATEST"
 _TEMP_PREFIXES = (".tmp-step-", ".LATEST.tmp")
+_EXPIRED_PREFIX = ".expired-"
 _REPLACED_PREFIX = ".old-"
 _REPLACED = re.compile(r"\.old-(step-\d{9,})-[0-9a-f]+")
 
@@ -121,8 +124,9 @@ class CheckpointDir:
                 else:
                     log.info("restoring %s: the save replacing it was interrupted", match.group(1))
                     self._restore_quietly(entry, self.root / match.group(1))
-            elif entry.name.startswith(_TEMP_PREFIXES):
-                log.info("removing %s left by an interrupted save", entry.name)
+            elif entry.name.startswith((*_TEMP_PREFIXES, _EXPIRED_PREFIX)):
+                left_by = "retention" if entry.name.startswith(_EXPIRED_PREFIX) else "an interrupted save"
+                log.info("removing %s left by %s", entry.name, left_by)
                 try:
                     if entry.is_dir() and not entry.is_symlink():
                         self.ops.remove_tree(entry)
@@ -316,7 +320,14 @@ class CheckpointDir:
         for path in dirs:
             if path.name not in kept:
                 log.info("retention: removing %s", path.name)
-                self.ops.remove_tree(path)
+                self._expire(path)
+
+    def _expire(self, path: Path) -> None:
+        """Take `path` out of the resume order at once (one rename) and free its bytes in
+        the background, off the save's critical path."""
+        expired = self.root / f"{_EXPIRED_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        self.ops.rename(path, expired)
+        self.ops.remove_tree_later(expired)
 
 
 def _describe(exc: BaseException) -> str:

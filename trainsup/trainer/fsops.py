@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from trainsup import durable
+from trainsup.textlog import get_logger
+from trainsup.threadpool import pool
 
 Writer = Callable[[BinaryIO], None]
 
 _WRITEBACK_EVERY = 32 << 20
 _fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_pending: set[Future[None]] = set()
+_pending_lock = threading.Lock()
 
 
 class FileOps:
@@ -62,6 +68,28 @@ class FileOps:
 
     def remove_file(self, path: Path) -> None:
         os.unlink(path)
+
+    def remove_tree_later(self, path: Path) -> None:
+        """`remove_tree(path)` in a background thread: freeing a GiB of checkpoint takes a
+        tenth of a second or more. `path` must already be out of the way under a name that
+        `CheckpointDir.prepare` removes, for a removal the process does not live to finish."""
+        with _pending_lock:
+            _pending.difference_update([done for done in _pending if done.done()])
+            _pending.add(pool("remove").submit(self._remove_tree_logged, path))
+
+    def _remove_tree_logged(self, path: Path) -> None:
+        try:
+            self.remove_tree(path)
+        except OSError as exc:
+            get_logger().warning("could not remove %s (%s); the next start removes it", path, exc.strerror or exc)
+
+
+def wait_for_removals() -> None:
+    """Return once every `remove_tree_later` asked for so far in this process has ended."""
+    with _pending_lock:
+        pending = list(_pending)
+        _pending.clear()
+    wait(pending)
 
 
 class _EarlyWriteback:

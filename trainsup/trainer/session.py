@@ -33,7 +33,7 @@ from trainsup.trainer import rng, statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 from trainsup.trainer.environment import TrainerEnv
 from trainsup.trainer.errors import CheckpointSaveError, LoopUsageError, OptionError, TrainerError
-from trainsup.trainer.fsops import FileOps, make_dirs
+from trainsup.trainer.fsops import FileOps, make_dirs, wait_for_removals
 from trainsup.trainer.heartbeat import HeartbeatWriter, SampleRate, max_memory_bytes
 from trainsup.trainer.lock import DirLock
 from trainsup.textlog import get_logger
@@ -242,6 +242,7 @@ class Session:
         self._saver.settle()
         self._saver.detach()
         self._snapshots.settle()
+        wait_for_removals()  # retention's, while the lock still keeps another run out of the dir
         self._signals.restore()
         self._lock.release()
         self._started = False
