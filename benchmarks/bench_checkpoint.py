@@ -3,6 +3,7 @@
 For each size, a model of 1024-wide Linear layers with about that many bytes of parameters;
 the median of --repeats rounds, each running the first four once, in turn:
   disk floor         the bytes of that torch.save file written with os.write, then fsync
+                     (each round starts with the next row in turn, see `timed`)
   torch.save         plain torch.save to a file (page cache only)
   torch.save+fsync   the same, then fsync the file
   power-safe         trainsup's protocol as a Session saves: temp dir, torch.save (without
@@ -67,10 +68,16 @@ def model_of(size: int) -> torch.nn.Module:
 
 
 def timed(works: dict[str, tuple[Callable[[], None], Callable[[], None]]], repeats: int) -> dict[str, float]:
-    """The median seconds of each (work, reset) in `works`, run in turn once per round (noise hits all alike)."""
+    """The median seconds of each (work, reset) in `works`, run in turn once per round (noise hits all alike).
+
+    Each round starts with the next one in turn: on a disk mounted with `discard` (this VM's),
+    the first write after a reset waits for the discard of the GiB the reset freed, and in a
+    fixed order that penalty would always fall on the same row."""
     samples: dict[str, list[float]] = {name: [] for name in works}
-    for _ in range(repeats):
-        for name, (work, reset) in works.items():
+    names = list(works)
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            work, reset = works[name]
             reset()
             started = time.perf_counter()
             work()
@@ -78,14 +85,19 @@ def timed(works: dict[str, tuple[Callable[[], None], Callable[[], None]]], repea
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def write_fsync(path: Path, size: int, chunk: int = 4 << 20) -> None:
-    """The disk floor: `size` bytes with os.write, then fsync (as benchmarks/common.fsync_bandwidth)."""
-    block = os.urandom(min(chunk, size))
+def write_fsync(path: Path, data: bytes, chunk: int = 4 << 20) -> None:
+    """The disk floor: `data` (the torch.save file's own bytes) with os.write, then fsync.
+
+    The same bytes, because what a disk takes depends on them: on this VM's host, 1 GB of
+    random bytes took 2.5-3.5 s to become durable, 1 GB of one 4 MiB block repeated 0.7 s,
+    and a torch.save file of float32 weights about 1 s."""
+    view = memoryview(data)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        left = size
-        while left > 0:
-            left -= os.write(fd, block[:min(chunk, left)])
+        for start in range(0, len(view), chunk):
+            piece = view[start:start + chunk]
+            while piece:
+                piece = piece[os.write(fd, piece):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -124,9 +136,9 @@ def bench_size(size: int, repeats: int, root: Path, device: str, batch: int = 32
 
     clean()
     torch.save(state, target)
-    file_size = target.stat().st_size
+    data = target.read_bytes()
     results = timed({
-        "disk floor": (lambda: write_fsync(floor, file_size), clean),
+        "disk floor": (lambda: write_fsync(floor, data), clean),
         "torch.save": (lambda: torch.save(state, target), clean),
         "torch.save+fsync": (save_fsync, clean),
         "power-safe": (power_safe, prepare_checkpoints),
