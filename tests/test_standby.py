@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fakes import World
@@ -255,6 +256,13 @@ def standby_ready(cli: Cli, job: str, number: int) -> None:
     wait_for(lambda: log.exists() and "standby ready" in log.read_text(), 30, 0.1, f"standby {number} ready")
 
 
+def exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def kill_attempt(cli: Cli, job: str, number: int) -> None:
     pid = wait_for(lambda: lines(cli, job, number), 30, 0.05, f"attempt {number} output")[0]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -284,12 +292,13 @@ def test_after_a_sigkill_the_standby_is_the_next_attempt_as_a_fresh_process_woul
     wait_for(lambda: not list(jobs_dir.glob("standby-*")), 30, 0.1, "the standby gone with the job")
 
 
-@pytest.mark.parametrize("ending", ["cancel", "daemon stop in a backoff"])
+@pytest.mark.parametrize("ending", ["cancel", "daemon stop in a backoff", "daemon kill -9 in a backoff"])
 def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_not_needed(
         cli: Cli, daemon: DaemonProcess, work: Path, ending: str) -> None:
     """What activation needs is made while the standby waits: none of it delays a restart.
     Unused (the job was cancelled; the daemon stops while the job waits out a backoff, with
-    no attempt left to wait for), both are removed with the standby."""
+    no attempt left to wait for), both are removed with the standby; after a daemon killed
+    with SIGKILL, by the next daemon when it starts."""
     daemon.start()
     job = cli.submit(standby_spec(work, initial="60s", max="60s"))
     standby_ready(cli, job, 2)
@@ -303,10 +312,17 @@ def test_a_standby_waits_in_its_attempts_run_dir_and_cgroup_which_go_when_it_is_
     if ending == "cancel":
         cli.run("cancel", job)
         cli.wait_state(job, "cancelled")
-    else:
+    elif ending == "daemon stop in a backoff":
         kill_attempt(cli, job, 1)
         cli.wait_state(job, "backoff")
         assert daemon.stop() == 0
+    else:
+        kill_attempt(cli, job, 1)
+        cli.wait_state(job, "backoff")
+        daemon.kill9()
+        wait_for(lambda: exited(standby_pid), 30, 0.1, "the standby to exit with its daemon")
+        assert (job_dir / "attempt-2.run").exists()  # what the next daemon must remove
+        daemon.start()
     wait_for(lambda: not (job_dir / "attempt-2.run").exists(), 30, 0.1, "the unused run dir removed")
     if first_cgroup is not None:
         wait_for(lambda: not Path(first_cgroup).with_name(f"trainsup-{job}-2").exists(), 30, 0.1,

@@ -11,6 +11,7 @@ An ending always takes the same path:
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from trainsup.supervisor.classify import classify
 from trainsup.supervisor.clock import Clock, SystemClock
 from trainsup.supervisor.gpus import GpuBook, process_tree
 from trainsup.supervisor.hang_policy import HangTracker, new_attempt
-from trainsup.supervisor.launcher import Launcher, LaunchPlan, MonitorHandle, start_recorder
+from trainsup.supervisor.launcher import Launcher, LaunchPlan, MonitorHandle, attempt_cgroup_name, start_recorder
 from trainsup.supervisor.live import LiveAttempt
 from trainsup.supervisor.notifier import Notifier
 from trainsup.supervisor.observation import Observation, observe, spawn_failure
@@ -297,6 +298,21 @@ class Attempts:
             self.cgroups_to_remove.append(standby.cgroup)  # removed once its processes are gone
         if len(self.store.attempts(standby.job_id)) < standby.number:  # the attempt never started
             shutil.rmtree(standby.run_dir, ignore_errors=True)
+
+    def remove_orphaned_standby_leftovers(self) -> None:
+        """On start: what a standby made for a job's next attempt (its run dir and cgroup)
+        when the daemon that started it died without dropping it. The standby itself exits
+        when that daemon's pipe closes; the attempt never started, or the store would count it."""
+        own = cgroup.cgroup_of(os.getpid())
+        for job in self.store.jobs():
+            number = len(self.store.attempts(job.id)) + 1
+            run_dir = self.state.run_dir(job.id, number)
+            if run_dir.is_dir():
+                log.info("removing an unused standby's run dir", job=job.id, attempt=number)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if own is not None and (own / attempt_cgroup_name(job.id, number)).is_dir():
+                self.cgroups_to_remove.append(own / attempt_cgroup_name(job.id, number))  # once its process is gone
+        self._remove_empty_cgroups()
 
     def drop_standbys(self, wait_s: float = 0.0) -> None:
         """Drop every standby; wait up to `wait_s` for them to exit and remove their cgroups

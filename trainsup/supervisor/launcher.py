@@ -306,10 +306,15 @@ def _spawn_monitor(args: list[str], log_path: Path, pass_fds: tuple[int, ...] = 
         os.close(monitor_log)
 
 
+def attempt_cgroup_name(job_id: str, number: int) -> str:
+    """The name of attempt `number`'s memory cgroup, made under the daemon's own cgroup."""
+    return f"trainsup-{job_id}-{number}"
+
+
 def _make_cgroup(plan: LaunchPlan) -> Path | None:
     """A memory cgroup for the attempt (host OOM detection, `memory_limit`), where we can make one."""
     try:
-        return cgroup.create_job_cgroup(f"trainsup-{plan.job.id}-{plan.number}", plan.job.spec.memory_limit)
+        return cgroup.create_job_cgroup(attempt_cgroup_name(plan.job.id, plan.number), plan.job.spec.memory_limit)
     except cgroup.CgroupError as exc:
         log.warning("no cgroup for the attempt", job=plan.job.id, error=str(exc))
         return None

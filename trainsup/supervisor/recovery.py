@@ -14,9 +14,11 @@ log = structlog.get_logger("trainsup.recovery")
 
 
 def recover(store: Store, attempts: Attempts, now: float) -> None:
-    """Settle every attempt the store still thinks is running."""
+    """Settle every attempt the store still thinks is running, and remove what the previous
+    daemon's standbys made for attempts that never started."""
     for attempt in store.live_attempts():
         _recover_one(store, attempts, attempt, now)
+    attempts.remove_orphaned_standby_leftovers()
 
 
 def _recover_one(store: Store, attempts: Attempts, attempt: Attempt, now: float) -> None:
