@@ -93,9 +93,13 @@ from pathlib import Path
 from trainsup.trainer import FileOps
 from trainsup.trainer.checkpoints import CheckpointDir, Retention
 
+def say(line):  # one write: print() writes the newline apart, and the remover's thread prints too
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
 class Announced(FileOps):
     def remove_tree(self, path):
-        print(f"removing {path.name}", flush=True)
+        say(f"removing {path.name}")
         time.sleep(0.02)
         super().remove_tree(path)
 
@@ -107,7 +111,7 @@ for step in range(int(sys.argv[2]), 10**6):
     state = {"w": weights + step}
     checkpoints.save(step, {"state.pt": lambda f: torch.save(state, f)},
                      {"epoch": 0, "position": step, "torch_version": torch.__version__, "created": 0.0})
-    print(f"saved {step}", flush=True)
+    say(f"saved {step}")
 """
 
 
