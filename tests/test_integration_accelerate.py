@@ -422,7 +422,9 @@ def test_two_processes_main_killed_in_a_save_a_worker_killed_and_stopped_finish_
     slow = wait_for(lambda: re.search(rf"saving checkpoint-{SLOW_AT_2P} slowly \(main process, pid (\d+)\)",
                                       _log(tmp_path, job, 1)), 90, 0.02, "the slow save")
     [temp] = [p for p in checkpoints.iterdir() if p.name.startswith(f".tmp-checkpoint-{SLOW_AT_2P}-")]
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in temp.iterdir()}
+    # process 1 writes its own random states beside the main process's stalled save: wait for them
+    wait_for(lambda: {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in temp.iterdir()},
+             30, 0.02, "both processes' random states in the unsealed checkpoint")
     assert not (temp / "manifest.json").exists()
     os.kill(int(slow.group(1)), signal.SIGKILL)
     # 2: process 1 SIGKILLed; 3: process 1 sent SIGTERM — each a seeded number of steps after the start
