@@ -227,3 +227,31 @@ def test_malicious_pickle_with_a_valid_manifest_is_refused(tmp_path: Path, train
     assert session.resumed_from is not None and session.resumed_from.step == 1
     assert any("step-000000002 is not usable: state.pt cannot be loaded safely" in r.getMessage()
                for r in trainer_log.records)
+
+
+@pytest.mark.parametrize("failing", ["write_file", "rename"])
+def test_a_latest_that_cannot_be_written_leaves_the_save_committed_and_the_old_checkpoints_kept(
+        tmp_path: Path, trainer_log: Any, failing: str) -> None:
+    """LATEST is a hint written beside the commit: when the disk refuses it the checkpoint is
+    still saved and durable, LATEST still names the previous one, no temp file is left, and
+    retention waits for a save that could update LATEST."""
+    from trainsup.trainer.fsops import FileOps
+
+    class NoLatest(FileOps):
+        def write_file(self, path: Path, write: Any) -> None:
+            if failing == "write_file" and path.name.startswith(".LATEST.tmp"):
+                raise OSError(28, "No space left on device")
+            super().write_file(path, write)
+
+        def rename(self, src: Path, dst: Path) -> None:
+            if failing == "rename" and dst.name == "LATEST":
+                raise OSError(5, "Input/output error")
+            super().rename(src, dst)
+
+    seed_dir(tmp_path, [1, 2])
+    checkpoints = CheckpointDir(tmp_path, NoLatest(), Retention(keep_last=1))
+    saved = checkpoints.save(3, files_for(3), meta(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "step-000000001", "step-000000002", "step-000000003"]
+    assert saved.step == 3 and read_back(tmp_path) == (3, float(payload(3)[0]))
+    assert (tmp_path / "LATEST").read_text() == "step-000000002\n"
+    assert any("LATEST" in r.getMessage() and "step-000000003" in r.getMessage() for r in trainer_log.records)

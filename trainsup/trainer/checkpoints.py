@@ -150,6 +150,8 @@ class CheckpointDir:
         final = self.root / name
         temp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         replaced: Path | None = None
+        latest: Path | None = None
+        latest_updated = False
         try:
             self._check_free_space()
             self.ops.mkdir(temp)
@@ -157,13 +159,17 @@ class CheckpointDir:
             manifest = Manifest(step=step, files=digests, **meta)
             self._write_durably(temp / MANIFEST_NAME, lambda file: file.write(manifest.to_bytes()))
             self.ops.fsync_dir(temp)
+            latest = self._prepare_latest(name)
             if os.path.lexists(final):
                 replaced = self.root / f"{_REPLACED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
                 self.ops.rename(final, replaced)
             self.ops.rename(temp, final)
-            self.ops.fsync_dir(self.root)
+            latest_updated = latest is not None and self._point_latest(latest, name)
+            self.ops.fsync_dir(self.root)  # the commit; LATEST's rename rides on the same journal commit
         except Exception as exc:
             self._remove_quietly(temp)
+            if latest is not None and not latest_updated:
+                self._remove_file_quietly(latest)
             if replaced is not None and not os.path.lexists(final):
                 self._restore_quietly(replaced, final)
             previous = self._newest_name()
@@ -172,7 +178,11 @@ class CheckpointDir:
         if replaced is not None:
             self._remove_quietly(replaced)
         checkpoint = Checkpoint(final, manifest)
-        self._after_commit(checkpoint)
+        if latest_updated:  # else the disk refused even LATEST: keep the old checkpoints too
+            try:
+                self.apply_retention(keep=checkpoint.name)
+            except Exception as exc:
+                log.warning("retention after %s failed (%s); old checkpoints stay", checkpoint.name, _describe(exc))
         return checkpoint
 
     def _write_durably(self, path: Path, writer: Writer) -> FileDigest:
@@ -187,21 +197,27 @@ class CheckpointDir:
         self.ops.fsync_file(path)
         return measured[0].digest()
 
-    def _after_commit(self, checkpoint: Checkpoint) -> None:
-        """LATEST, then retention: both optional once the checkpoint is durable."""
+    def _prepare_latest(self, name: str) -> Path | None:
+        """LATEST's next content in a temp file, fsynced, to be renamed in with the commit;
+        None if it could not be written (LATEST is a hint: the save goes on without it)."""
+        temp = self.root / f".LATEST.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not guessable in advance
         try:
-            temp = self.root / f".LATEST.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not guessable in advance
-            self.ops.write_file(temp, lambda file: file.write(f"{checkpoint.name}\n".encode()))
+            self.ops.write_file(temp, lambda file: file.write(f"{name}\n".encode()))
             self.ops.fsync_file(temp)
-            self.ops.rename(temp, self.root / LATEST)
-            self.ops.fsync_dir(self.root)
         except Exception as exc:
-            log.warning("checkpoint %s is saved but LATEST was not updated (%s)", checkpoint.name, _describe(exc))
-            return
+            log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(exc))
+            self._remove_file_quietly(temp)
+            return None
+        return temp
+
+    def _point_latest(self, temp: Path, name: str) -> bool:
         try:
-            self.apply_retention(keep=checkpoint.name)
+            self.ops.rename(temp, self.root / LATEST)
         except Exception as exc:
-            log.warning("retention after %s failed (%s); old checkpoints stay", checkpoint.name, _describe(exc))
+            log.warning("checkpoint %s is saved but LATEST was not updated (%s)", name, _describe(exc))
+            self._remove_file_quietly(temp)
+            return False
+        return True
 
     def _check_free_space(self) -> None:
         newest = self._newest_name()
@@ -219,6 +235,13 @@ class CheckpointDir:
         try:
             if os.path.lexists(path):
                 self.ops.remove_tree(path)
+        except Exception:  # best effort; `prepare` removes it on the next start
+            pass
+
+    def _remove_file_quietly(self, path: Path) -> None:
+        try:
+            if os.path.lexists(path):
+                self.ops.remove_file(path)
         except Exception:  # best effort; `prepare` removes it on the next start
             pass
 
