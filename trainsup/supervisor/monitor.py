@@ -359,8 +359,8 @@ class WarmProcess:
             text = line.decode(errors="replace")
             if text.startswith("ready"):
                 self.ready = True
+                self._note_ready(text[6:])  # first: whoever reads the log line finds ready.json
                 print(f"trainsup monitor: standby ready: {text[6:]}", flush=True)
-                self._note_ready(text[6:])
             else:
                 self._lost(text.removeprefix("failed ").strip() or "it failed")
 
