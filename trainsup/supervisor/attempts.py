@@ -310,8 +310,9 @@ class Attempts:
             if run_dir.is_dir():
                 log.info("removing an unused standby's run dir", job=job.id, attempt=number)
                 shutil.rmtree(run_dir, ignore_errors=True)
-            if own is not None and (own / attempt_cgroup_name(job.id, number)).is_dir():
-                self.cgroups_to_remove.append(own / attempt_cgroup_name(job.id, number))  # once its process is gone
+            leftover = own / attempt_cgroup_name(job.id, number) if own is not None else None
+            if leftover is not None and leftover.is_dir():
+                self.cgroups_to_remove.append(leftover)  # removed once its process is gone
         self._remove_empty_cgroups()
 
     def drop_standbys(self, wait_s: float = 0.0) -> None:

@@ -169,7 +169,7 @@ class CheckpointDir:
         except Exception as exc:
             self._remove_quietly(temp)
             if latest is not None and not latest_updated:
-                self._remove_file_quietly(latest)
+                self._remove_quietly(latest, file=True)
             if replaced is not None and not os.path.lexists(final):
                 self._restore_quietly(replaced, final)
             previous = self._newest_name()
@@ -206,7 +206,7 @@ class CheckpointDir:
             self.ops.fsync_file(temp)
         except Exception as exc:
             log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(exc))
-            self._remove_file_quietly(temp)
+            self._remove_quietly(temp, file=True)
             return None
         return temp
 
@@ -215,7 +215,7 @@ class CheckpointDir:
             self.ops.rename(temp, self.root / LATEST)
         except Exception as exc:
             log.warning("checkpoint %s is saved but LATEST was not updated (%s)", name, _describe(exc))
-            self._remove_file_quietly(temp)
+            self._remove_quietly(temp, file=True)
             return False
         return True
 
@@ -231,17 +231,11 @@ class CheckpointDir:
         if free is not None and free < needed:
             raise OSError(28, f"only {free} bytes free, the last checkpoint took {needed}")
 
-    def _remove_quietly(self, path: Path) -> None:
+    def _remove_quietly(self, path: Path, *, file: bool = False) -> None:
+        """Remove the dir (or, with `file`, the file) `path` if it is there; errors are ignored."""
         try:
             if os.path.lexists(path):
-                self.ops.remove_tree(path)
-        except Exception:  # best effort; `prepare` removes it on the next start
-            pass
-
-    def _remove_file_quietly(self, path: Path) -> None:
-        try:
-            if os.path.lexists(path):
-                self.ops.remove_file(path)
+                (self.ops.remove_file if file else self.ops.remove_tree)(path)
         except Exception:  # best effort; `prepare` removes it on the next start
             pass
 
