@@ -56,6 +56,7 @@ from trainsup.batch import Batch
 from trainsup.contracts import ENV_ATTEMPT, ENV_JOB_ID, ENV_JOB_NAME, EXIT_PREEMPTED, HF_CHECKPOINT_PREFIX, Phase
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
+    end_gloo_group_at_exit,
     env_int,
     foreign_entry,
     heartbeats,
@@ -305,6 +306,7 @@ class Checkpoints:
         self.last_saved: Path | None = None
         self.last_saved_step: int | None = None
         _install_excepthook()
+        end_gloo_group_at_exit()
 
     @property
     def stop_requested(self) -> str | None:

@@ -52,6 +52,7 @@ from trainsup.contracts import (
 from trainsup.durable import fsync_dir
 from trainsup.integrations.runtime import (
     HEARTBEAT_INTERVAL,
+    end_gloo_group_at_exit,
     env_int,
     foreign_entry,
     heartbeats,
@@ -278,6 +279,7 @@ class _Hooks:
         self._started_from: dict[str, Any] = {}
         self.last_sealed: Path | None = None
         _install_excepthook()
+        end_gloo_group_at_exit()
 
     @property
     def stop_requested(self) -> str | None:

@@ -8,6 +8,7 @@ called: the framework has loaded torch by then.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -119,3 +120,26 @@ def heartbeats(environ: Mapping[str, str] | None = None, interval: float = HEART
     env = os.environ if environ is None else environ
     directory = Path(env[ENV_HEARTBEAT]) if env.get(ENV_HEARTBEAT) else None
     return HeartbeatWriter(directory, rank(env), interval)
+
+
+_group_end_registered = False
+
+
+def end_gloo_group_at_exit() -> None:
+    """At interpreter exit, before finalization: destroy the default process group if it is
+    still alive and gloo's. A gloo process that reaches finalization with its group alive
+    aborts there now and then ("terminate called without an active exception", SIGABRT; 2 in
+    6 plain exits of a 2-process torchrun script here), which turns a finished run or a
+    stop's exit 75 into a crash. NCCL is left alone: its destroy can wait on a peer that
+    is gone. Registered once; a script that ends the group itself makes it a no-op."""
+    global _group_end_registered
+    if not _group_end_registered:
+        atexit.register(_end_gloo_group)
+        _group_end_registered = True
+
+
+def _end_gloo_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.destroy_process_group()
