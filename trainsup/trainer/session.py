@@ -29,6 +29,7 @@ import torch
 from trainsup.batch import Batch
 from trainsup.contracts import EXIT_PREEMPTED, Phase, parse_step_dir
 from trainsup.errors import TrainsupError
+from trainsup.integrations.runtime import end_gloo_group_at_exit
 from trainsup.trainer import rng, statefile
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir, Retention, Skipped
 from trainsup.trainer.environment import TrainerEnv
@@ -208,6 +209,8 @@ class Session:
         if self._started:
             return self
         self._group = _Group.current()
+        if self._group is not None:
+            end_gloo_group_at_exit()
         make_dirs(self.checkpoint_dir)
         check_checkpoint_dir(self.checkpoint_dir, self.allow_shared_dir)
         if not self.env.supervised and self._writer:
