@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fakes import World
-from support import Cli, DaemonProcess, kill_leftover_monitors, wait_for, write_spec
+from support import Cli, DaemonProcess, kill_leftover_monitors, small_tmpfs, wait_for, write_spec
 from trainsup.jobs.states import EndReason, JobState
 from trainsup.jobs.store import Store
 from trainsup.paths import StateDir
@@ -51,19 +51,11 @@ class SmallDisk:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield SmallDisk(mount_point)
-    finally:
-        kill_leftover_monitors(mount_point)
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with small_tmpfs(tmp_path / "disk", "8m") as mount_point:
+        try:
+            yield SmallDisk(mount_point)
+        finally:
+            kill_leftover_monitors(mount_point)
 
 
 @pytest.fixture

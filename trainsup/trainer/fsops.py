@@ -9,10 +9,9 @@ shared dir the user opted into): no operation here follows a symbolic link it di
 not make, and every new file is created with O_EXCL, so a name planted in advance
 makes the save fail instead of writing through it.
 
-`write_file` asks the kernel to start writing each 32 MiB to disk as soon as it is in
-the page cache (`posix_fadvise(DONTNEED)` on the range just written), so the fsync that
-follows waits for the last few MiB instead of the whole file. It is only a hint: what
-survives a power cut is still what an fsync covered.
+`write_file` writes big files with O_DIRECT from an aligned buffer (`DirectFile`): the
+page cache costs the CPU more than the disk costs time, and a background save shares the
+cores with training. What survives a power cut is still what an fsync covered.
 """
 
 from __future__ import annotations
@@ -22,16 +21,15 @@ import shutil
 import threading
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import BinaryIO, Callable
 
 from trainsup import durable
 from trainsup.textlog import get_logger
+from trainsup.trainer.directfile import DirectFile
 from trainsup.threadpool import pool
 
 Writer = Callable[[BinaryIO], None]
 
-_WRITEBACK_EVERY = 32 << 20
-_fadvise = getattr(os, "posix_fadvise", None)  # absent on macOS
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _pending: set[Future[None]] = set()
 _pending_lock = threading.Lock()
@@ -45,9 +43,12 @@ class FileOps:
 
     def write_file(self, path: Path, write: Writer) -> None:
         """Create `path` (it must not exist, not even as a symlink) and fill it by calling `write`; no fsync."""
-        fd = os.open(path, _CREATE, 0o666)
-        with os.fdopen(fd, "wb") as file:
-            write(_EarlyWriteback(file))  # type: ignore[arg-type]
+        file = DirectFile(os.open(path, _CREATE, 0o666))
+        try:
+            write(file)  # type: ignore[arg-type]
+            file.finish()
+        finally:
+            file.close()
 
     def fsync_file(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -90,30 +91,6 @@ def wait_for_removals() -> None:
         pending = list(_pending)
         _pending.clear()
     wait(pending)
-
-
-class _EarlyWriteback:
-    """`file`, starting the disk write of each `_WRITEBACK_EVERY` bytes once they are written."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file
-        self._written = 0
-        self._started = 0  # bytes handed to writeback so far
-
-    def write(self, data: Any) -> int:
-        written = self._file.write(data)
-        self._written += written
-        if self._written - self._started >= _WRITEBACK_EVERY and _fadvise is not None:
-            self._file.flush()
-            try:
-                _fadvise(self._file.fileno(), self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass  # a hint; the fsync after the write does the work instead
-            self._started = self._written
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
 
 
 def make_dirs(path: Path, mode: int = 0o755) -> list[Path]:
