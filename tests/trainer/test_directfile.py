@@ -45,8 +45,8 @@ def test_every_byte_lands_in_order(tmp_path: Path, size: int) -> None:
 def test_o_direct_only_for_whole_chunks(tmp_path: Path) -> None:
     file = DirectFile(os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     try:
-        file.write(b"x" * (CHUNK - 1))
-        assert not _is_direct(file.fileno()), "a file smaller than a chunk never uses O_DIRECT"
+        file.write(b"x" * (2 * CHUNK - 1))
+        assert not _is_direct(file.fileno()), "a file under two chunks never uses O_DIRECT"
         file.write(b"y" * 2)
         if not _is_direct(file.fileno()):
             pytest.skip(f"the file system of {tmp_path} has no O_DIRECT")
@@ -54,7 +54,7 @@ def test_o_direct_only_for_whole_chunks(tmp_path: Path) -> None:
         assert not _is_direct(file.fileno()), "the tail went out without O_DIRECT"
     finally:
         file.close()
-    assert (tmp_path / "f").read_bytes() == b"x" * (CHUNK - 1) + b"yy"
+    assert (tmp_path / "f").read_bytes() == b"x" * (2 * CHUNK - 1) + b"yy"
 
 
 def test_a_refused_o_direct_write_falls_back_to_plain_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,9 @@ Bytes are copied into an 8 MiB page-aligned buffer (a user-space copy is far che
 the page cache's) and each full buffer goes out in one O_DIRECT write, in a thread while
 the next one fills, at an offset that is a multiple of 8 MiB, which meets every block
 size's alignment. O_DIRECT is switched on with
-`fcntl` when the first buffer is full, so a small file never uses it; the last partial
-buffer is written without it (O_DIRECT needs whole blocks). Where the file system refuses
+`fcntl` from the second full buffer on, so a file under 16 MiB never uses it (there the
+page cache lets the disk's time overlap the serialization, and the CPU saved is small);
+the last partial buffer is written without it (O_DIRECT needs whole blocks). Where the file system refuses
 O_DIRECT the same buffers go out as plain writes, and the disk write of each 32 MiB is
 started as soon as it is in the page cache (`posix_fadvise(DONTNEED)`), so the fsync that
 follows waits for the tail, not the file.
@@ -122,7 +123,7 @@ class DirectFile:
     def _hand_over_buffer(self) -> None:
         """The full current buffer goes out in the writer thread; the caller goes on in the other."""
         self._wait_in_flight()
-        if self._direct is None:
+        if self._direct is None and self._written >= CHUNK:  # the second chunk: a big file
             self._direct = self._set_direct(True)
         self._in_flight = pool("direct-write", workers=2).submit(self._write_at, self._views[self._current],
                                                                  self._written)
