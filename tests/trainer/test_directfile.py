@@ -1,4 +1,4 @@
-"""DirectFile: big files go out with O_DIRECT in whole aligned chunks, the tail without it,
+"""DirectFile: past 16 MiB a file goes out with O_DIRECT in whole aligned chunks, the tail without it,
 and every byte lands where a plain write would put it; a refused O_DIRECT falls back to
 plain writes; a full disk is an OSError with the buffers given back."""
 
@@ -42,11 +42,11 @@ def test_every_byte_lands_in_order(tmp_path: Path, size: int) -> None:
     assert path.read_bytes() == data
 
 
-def test_o_direct_only_for_whole_chunks(tmp_path: Path) -> None:
+def test_o_direct_only_past_16_mib_and_never_for_the_tail(tmp_path: Path) -> None:
     file = DirectFile(os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     try:
         file.write(b"x" * (2 * CHUNK - 1))
-        assert not _is_direct(file.fileno()), "a file under two chunks never uses O_DIRECT"
+        assert not _is_direct(file.fileno()), "a file under DIRECT_FROM never uses O_DIRECT"
         file.write(b"y" * 2)
         if not _is_direct(file.fileno()):
             pytest.skip(f"the file system of {tmp_path} has no O_DIRECT")
@@ -90,10 +90,10 @@ def test_files_written_at_once_in_threads_each_get_their_bytes(tmp_path: Path) -
 
 
 def test_a_full_disk_is_an_oserror_and_the_buffers_are_given_back(tmp_path: Path) -> None:
-    with small_tmpfs(tmp_path / "disk", "12m") as disk:
+    with small_tmpfs(tmp_path / "disk", "20m") as disk:  # full past DIRECT_FROM: in the aligned buffers' part
         spare = len(directfile._spare)
         with pytest.raises(OSError) as raised:
-            FileOps().write_file(disk / "big", lambda file: file.write(b"z" * (3 * CHUNK)))
+            FileOps().write_file(disk / "big", lambda file: file.write(b"z" * (4 * CHUNK)))
         assert raised.value.errno == errno.ENOSPC
         assert len(directfile._spare) == max(spare, 2), "the two buffers are kept for the next file"
         (disk / "big").unlink()  # what a failed save's caller does with its temp
