@@ -99,3 +99,15 @@ def test_a_full_disk_is_an_oserror_and_the_buffers_are_given_back(tmp_path: Path
         (disk / "big").unlink()  # what a failed save's caller does with its temp
         FileOps().write_file(disk / "small", lambda file: file.write(b"fits"))
         assert (disk / "small").read_bytes() == b"fits"
+
+
+def test_without_direct_every_byte_goes_out_as_it_comes(tmp_path: Path) -> None:
+    """The snapshots' tmpfs: O_DIRECT there would only add a copy."""
+    file = DirectFile(os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL), direct=False)
+    try:
+        file.write(b"x" * (3 * CHUNK))
+        assert not _is_direct(file.fileno())
+        assert (tmp_path / "f").stat().st_size == 3 * CHUNK, "nothing held back in a buffer"
+        file.finish()
+    finally:
+        file.close()

@@ -58,9 +58,10 @@ def _give_back(buffer: mmap.mmap) -> None:
 
 class DirectFile:
     """A write-only file over `fd` (a new, empty file). `finish()` writes what is still
-    buffered; `close()` closes `fd` in any case. No fsync: that is the caller's."""
+    buffered; `close()` closes `fd` in any case. No fsync: that is the caller's.
+    `direct=False`: every byte as it comes (tmpfs, where O_DIRECT would only add a copy)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, direct: bool = True) -> None:
         self._fd = fd
         self._buffers: list[mmap.mmap] = []
         self._views: list[memoryview] = []
@@ -70,7 +71,7 @@ class DirectFile:
         self._writeback_from = 0  # for plain writes: bytes handed to writeback so far
         # None: the file is still under DIRECT_FROM; True: the rest goes through the aligned
         # buffers (with O_DIRECT unless a write was refused); False: the rest as it comes
-        self._direct: bool | None = None
+        self._direct: bool | None = None if direct else False
         self._in_flight: Future[None] | None = None
 
     def write(self, data: Any) -> int:

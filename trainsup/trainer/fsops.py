@@ -38,12 +38,14 @@ _pending_lock = threading.Lock()
 class FileOps:
     """The real operations. Subclass and override to inject faults."""
 
+    direct_io = True  # big files past 16 MiB with O_DIRECT (see `DirectFile`)
+
     def mkdir(self, path: Path) -> None:
         os.mkdir(path, 0o700)
 
     def write_file(self, path: Path, write: Writer) -> None:
         """Create `path` (it must not exist, not even as a symlink) and fill it by calling `write`; no fsync."""
-        file = DirectFile(os.open(path, _CREATE, 0o666))
+        file = DirectFile(os.open(path, _CREATE, 0o666), direct=self.direct_io)
         try:
             write(file)  # type: ignore[arg-type]
             file.finish()

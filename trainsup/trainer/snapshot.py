@@ -343,7 +343,10 @@ class Snapshotter:
 
 
 class _NoSync(FileOps):
-    """tmpfs does not outlive the machine: an fsync there buys nothing and costs a system call."""
+    """tmpfs does not outlive the machine: an fsync there buys nothing and costs a system
+    call, and O_DIRECT would only add a copy (its pages are the page cache)."""
+
+    direct_io = False
 
     def fsync_file(self, path: Path) -> None:
         pass
