@@ -9,9 +9,10 @@ shared dir the user opted into): no operation here follows a symbolic link it di
 not make, and every new file is created with O_EXCL, so a name planted in advance
 makes the save fail instead of writing through it.
 
-`write_file` writes big files with O_DIRECT from an aligned buffer (`DirectFile`): the
-page cache costs the CPU more than the disk costs time, and a background save shares the
-cores with training. What survives a power cut is still what an fsync covered.
+`write_file` writes what a file has past its first 16 MiB with O_DIRECT from aligned
+buffers (`DirectFile`; `direct_io = False` turns that off): the page cache costs the CPU
+more than the disk costs time, and a background save shares the cores with training.
+What survives a power cut is still what an fsync covered.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import BinaryIO, Callable
 
 from trainsup import durable
 from trainsup.textlog import get_logger
-from trainsup.trainer.directfile import DirectFile
 from trainsup.threadpool import pool
+from trainsup.trainer.directfile import DirectFile
 
 Writer = Callable[[BinaryIO], None]
 
