@@ -12,8 +12,10 @@ the median of --repeats rounds, each running the first four once, in turn:
                      LATEST, retention
 and then, with the same model trained by a loop on every core (forward, backward and an
 SGD step of --batch rows through its layers, as a training step does) and a Session saving
-with Saving(in_background=True) between two of its steps:
+with Saving(in_background=True) between two of its steps (heartbeats on, as under the daemon):
   loop step          the loop's median step without a save (for scale)
+  save in the loop   the alternative to a background save: the same Session's save(wait=True)
+                     between two steps of that loop (the same state, caches and load)
   async stall        how long the loop's thread waits: in save(), plus the wait of the
                      optimizer's next step for the copy of its tensors
   async durable      from the start of that save until it is durable in the background
@@ -52,11 +54,12 @@ from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: 
 from trainsup.trainer.saving import state_writer  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
-HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "async stall",
-          "async durable", "async loop loss"]
+HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "save in the loop",
+          "async stall", "async durable", "async loop loss"]
 RATIOS = {"safe/save+fsync": ("power-safe", "torch.save+fsync"), "safe/floor": ("power-safe", "disk floor"),
           "stall/safe": ("async stall", "power-safe"), "durable/safe": ("async durable", "power-safe"),
-          "loss/safe": ("async loop loss", "power-safe")}
+          "loss/safe": ("async loop loss", "power-safe"), "stall/in loop": ("async stall", "save in the loop"),
+          "durable/in loop": ("async durable", "save in the loop"), "loss/in loop": ("async loop loss", "save in the loop")}
 WIDTH = 1024
 
 
@@ -167,7 +170,10 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
     durable: list[float] = []
     losses: list[float] = []
     base: list[float] = []
-    with Session(model, optimizer, checkpoint_dir=root, handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
+    in_loop: list[float] = []
+    # heartbeats as under the daemon: a save's beats are part of what the loop waits for
+    environ = {"TRAINSUP_SNAPSHOTS": "0", "TRAINSUP_HEARTBEAT": str(root / "heartbeat")}
+    with Session(model, optimizer, checkpoint_dir=root / "checkpoints", handle_signals=False, environ=environ,
                  saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True),
                  retention=Retention(keep_last=1)) as session:
         saver = session._saver  # noqa: SLF001 (when the save ended, and the loop's waits, without waiting)
@@ -202,8 +208,15 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
             durable.append(background.finished_at - started)
             losses.append(ended - started - steps * statistics.median(before))
             steps = max(3, steps)
+            for _ in range(3):
+                train_step()
+                session.step_done()
+            started = time.monotonic()
+            session.save(wait=True)  # the alternative: the loop stops for a synchronous save
+            in_loop.append(time.monotonic() - started)
     return {"loop step": statistics.median(base), "async stall": statistics.median(stalls),
-            "async durable": statistics.median(durable), "async loop loss": statistics.median(losses)}
+            "async durable": statistics.median(durable), "async loop loss": statistics.median(losses),
+            "save in the loop": statistics.median(in_loop)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,31 @@ def test_heartbeats_are_rate_limited_and_complete(tmp_path: Path) -> None:
         assert json.loads((beats / "rank-0.json").read_text())["step"] == calls
     [record] = read_heartbeats(beats)  # the supervisor's reader understands what the trainer wrote
     assert (record.rank, record.step, record.phase) == (0, calls, "train")
+
+
+def test_a_background_save_beats_checkpoint_only_while_the_loop_waits_for_one(tmp_path: Path) -> None:
+    environ = {"TRAINSUP_HEARTBEAT": str(tmp_path / "hb"), "RANK": "0", "TRAINSUP_SNAPSHOTS": "0"}
+    model, optimizer = make()
+    with session_for(tmp_path / "ck", model, optimizer, environ=environ,
+                     saving=Saving(every_seconds=None, in_background=True)) as session:
+        heartbeat = session._heartbeat
+        writes: list[str] = []
+        original = heartbeat.beat
+        heartbeat.beat = lambda **kw: writes.append(kw["phase"]) or original(**kw)  # type: ignore[method-assign]
+        session.step_done()
+        writes.clear()
+        gate = threading.Event()
+        session._saver._background.start(gate.wait)  # a save still in flight, as a slow disk leaves one
+        threading.Timer(0.2, gate.set).start()
+        session.save()  # waits for the one in flight first: the daemon's checkpoint timeout applies
+        assert writes == ["checkpoint", "train"]
+        session.wait_for_save()
+        writes.clear()
+        session.save()  # nothing in flight: returns at once, no beat
+        assert writes == []
+        session.wait_for_save()
+        session.save(wait=True)
+        assert writes == ["checkpoint", "train"]
 
 
 def test_a_batch_error_inside_the_session_is_one_line_and_exit_1(tmp_path: Path, capsys: Any) -> None:

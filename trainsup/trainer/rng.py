@@ -16,7 +16,7 @@ except ImportError:  # numpy is optional
 def capture() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "python": {"version": version, "state": _int64_tensor(internal), "gauss": gauss},
         "torch": torch.get_rng_state(),
     }
     if np is not None:
@@ -31,6 +31,15 @@ def capture() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _int64_tensor(values: tuple[int, ...]) -> torch.Tensor:
+    """`torch.tensor(values, dtype=torch.int64)`, through numpy where it is present: a
+    background save takes this in the loop's thread, and for Python's 625-int state
+    `torch.tensor` takes 45-90 µs here against 14 µs."""
+    if np is None:
+        return torch.tensor(values, dtype=torch.int64)
+    return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=len(values)))
 
 
 def restore(state: dict[str, Any]) -> None:

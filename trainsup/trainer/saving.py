@@ -73,6 +73,11 @@ class Saver:
         # on every background save copies the whole state at save() (a longer stall, no failure).
         self._copy_at_save = False
 
+    @property
+    def in_flight(self) -> bool:
+        """A background save has started and `wait` has not collected it yet."""
+        return self._background.busy
+
     def attach(self) -> None:
         """Hook the optimizer's step (background saves only): it waits for a copy in flight."""
         if self.options.in_background and self._optimizer is not None and self._hook is None:
