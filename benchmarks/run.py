@@ -41,7 +41,8 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
 
     Interface expected of bench_checkpoint.py: `--sizes 10MB,100MB[,1GB] --repeats N
     --dir PATH --json PATH`; the JSON holds {"sizes": {label: {"torch.save": s,
-    "torch.save+fsync": s, "power-safe": s, "async stall": s, "async durable": s, "async loop loss": s}}}.
+    "torch.save+fsync": s, "power-safe": s, "save in the loop": s, "async stall": s, "async durable": s,
+    "async loop loss": s}}}.
     """
     from trainsup.units import parse_size
 
@@ -81,6 +82,9 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
             "async stall / power-safe": common.ratio(figures.get("async stall"), figures.get("power-safe")),
             "async durable / power-safe": common.ratio(figures.get("async durable"), figures.get("power-safe")),
             "async loop loss / power-safe": common.ratio(figures.get("async loop loss"), figures.get("power-safe")),
+            "async stall / save in the loop": common.ratio(figures.get("async stall"), figures.get("save in the loop")),
+            "async durable / save in the loop": common.ratio(figures.get("async durable"),
+                                                             figures.get("save in the loop")),
         }
     result["ratios"] = ratios
     return result
@@ -185,9 +189,12 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
             out.append(("", "async save (training on the same cores)",
                         f"stalls {_f(s.get('async stall'), 3, ' s')}; durable after {_f(s.get('async durable'), 3, ' s')}; "
                         f"loop loss {_f(s.get('async loop loss'), 3, ' s')}",
-                        f"power-safe save {_f(s.get('power-safe'), 3, ' s')}",
+                        f"power-safe save {_f(s.get('power-safe'), 3, ' s')}; the same in the loop "
+                        f"{_f(s.get('save in the loop'), 3, ' s')}",
                         f"stall {_x(r.get('async stall / power-safe'))}, durable {_x(r.get('async durable / power-safe'))}, "
-                        f"loss {_x(r.get('async loop loss / power-safe'))}"))
+                        f"loss {_x(r.get('async loop loss / power-safe'))}; in the loop: stall "
+                        f"{_x(r.get('async stall / save in the loop'))}, durable "
+                        f"{_x(r.get('async durable / save in the loop'))}"))
     elif name == "resume":
         r = fig["runs"]
         out.append(("Resume", f"start → first step ({fig['script'].split('/')[1]})", _f(r["resume"]["median"], 0, " ms"),

@@ -260,3 +260,43 @@ def test_a_process_that_exits_still_finishes_the_save_in_flight(tmp_path: Path) 
     assert run.returncode == 0 and run.stdout.startswith("leaving"), run.stderr
     assert (tmp_path / "ck" / "LATEST").read_text() == "step-000000001\n"
     assert saved_state(tmp_path / "ck" / "step-000000001")["progress"]["step"] == 1
+
+
+def test_without_a_thread_for_the_copy_the_writer_copies_first_and_the_save_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer = make()
+    with session_for(tmp_path, model, optimizer) as session:
+        train_step(model, optimizer)
+        session.step_done()
+
+        def no_thread(work: Any) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(session._saver._copier, "start", no_thread)
+        expected = copy.deepcopy(model.state_dict())
+        session.save()
+        train_step(model, optimizer)  # waits for the copy the writer's thread made
+        checkpoint = session.wait_for_save()
+    assert checkpoint is not None
+    for name, tensor in saved_state(checkpoint.path)["model"].items():
+        assert torch.equal(tensor, expected[name])
+
+
+def test_a_save_whose_thread_cannot_start_fails_in_save_and_the_loop_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer = make()
+    with session_for(tmp_path, model, optimizer) as session:
+        train_step(model, optimizer)
+        session.step_done()
+
+        def no_thread(work: Any) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(session._saver._background, "start", no_thread)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            session.save()
+        monkeypatch.undo()
+        train_step(model, optimizer)  # the copy that never started does not hold the step
+        session.step_done()
+        session.save()
+        assert session.wait_for_save() is not None

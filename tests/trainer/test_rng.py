@@ -42,3 +42,12 @@ def test_the_captured_state_does_not_change_with_the_generators() -> None:
     assert torch.equal(state["python"]["state"], python)
     assert torch.equal(state["numpy"]["keys"], keys)
     assert state["python"]["state"].dtype == torch.int64
+
+
+def test_python_state_is_taken_again_once_the_generator_moves() -> None:
+    first = rng.capture()["python"]["state"]
+    assert rng.capture()["python"]["state"] is first  # not moved: the same tensor
+    random.random()
+    moved = rng.capture()["python"]["state"]
+    assert not torch.equal(moved, first)
+    assert torch.equal(moved, torch.tensor(random.getstate()[1], dtype=torch.int64))

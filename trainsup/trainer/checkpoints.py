@@ -113,6 +113,7 @@ class CheckpointDir:
         self.ops = ops or FileOps()
         self.retention = retention or Retention()
         self.shared = shared
+        self._saved: Checkpoint | None = None  # the last one this object committed
 
     def prepare(self) -> None:
         """Create the directory (durably) and remove what an interrupted save left behind."""
@@ -177,7 +178,7 @@ class CheckpointDir:
             raise CheckpointSaveError(f"Saving checkpoint {name} failed ({_describe(exc)}); {kept}.") from exc
         if replaced is not None:
             self._remove_quietly(replaced)
-        checkpoint = Checkpoint(final, manifest)
+        checkpoint = self._saved = Checkpoint(final, manifest)
         if latest_updated:  # else the disk refused even LATEST: keep the old checkpoints too
             try:
                 self.apply_retention(keep=checkpoint.name)
@@ -223,10 +224,12 @@ class CheckpointDir:
         newest = self._newest_name()
         if newest is None:
             return
-        try:
-            needed = sum(d.size for d in self.read_manifest(self.root / newest).files.values())
+        try:  # the manifest this object wrote last, when that is still the newest: no read (~0.1-0.3 ms)
+            manifest = (self._saved.manifest if self._saved is not None and self._saved.name == newest
+                        else self.read_manifest(self.root / newest))
         except InvalidCheckpointError:
             return
+        needed = sum(d.size for d in manifest.files.values())
         free = free_bytes(self.root)
         if free is not None and free < needed:
             raise OSError(28, f"only {free} bytes free, the last checkpoint took {needed}")

@@ -23,6 +23,7 @@ A write that bypasses the counter (`p.data`, a NumPy view of the tensor) is not 
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 import time
 from typing import Any
@@ -67,10 +68,6 @@ class DeferredCopy:
         self._failed = False
         self._released = False  # the optimizer may change the tensors again
         self._changed = False
-        spans = sorted((copy.data_ptr(), copy.data_ptr() + copy.numel() * copy.element_size(), index)
-                       for index, (_, copy, _) in enumerate(pending))
-        self._starts = [start for start, _, _ in spans]
-        self._spans = spans
         if not pending:
             self._copied.set()
 
@@ -100,6 +97,25 @@ class DeferredCopy:
                 self._done = len(self._pending)
                 self._progress.notify_all()
             self._copied.set()
+
+    @functools.cached_property
+    def _spans(self) -> list[tuple[int, int, int]]:
+        """(start, end, index) of each copy's bytes, by start; made by the writer's thread
+        at its first `gate`, not in `save()` (it would add to the loop's stall)."""
+        return sorted((copy.data_ptr(), copy.data_ptr() + copy.numel() * copy.element_size(), index)
+                      for index, (_, copy, _) in enumerate(self._pending))
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [start for start, _, _ in self._spans]
+
+    def cancel(self) -> None:
+        """The copy will never run (its save did not start): fail it, and let `release` return."""
+        self._failed = True
+        with self._progress:
+            self._done = len(self._pending)
+            self._progress.notify_all()
+        self._copied.set()
 
     def gate(self, data: Any) -> None:
         """Block until `data` (bytes `torch.save` is about to write: a record of one storage)

@@ -13,10 +13,13 @@ except ImportError:  # numpy is optional
     np = None  # type: ignore[assignment]
 
 
+_last_python: tuple[tuple[int, ...], torch.Tensor] | None = None  # Python's state at the last capture, as a tensor
+
+
 def capture() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": {"version": version, "state": _int64_tensor(internal), "gauss": gauss},
+        "python": {"version": version, "state": _python_tensor(internal), "gauss": gauss},
         "torch": torch.get_rng_state(),
     }
     if np is not None:
@@ -31,6 +34,18 @@ def capture() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _python_tensor(internal: tuple[int, ...]) -> torch.Tensor:
+    """Python's generator state as a tensor; the last one again if the generator has not
+    moved since (many training loops never draw from it). Nothing writes to these tensors."""
+    global _last_python
+    last = _last_python
+    if last is not None and last[0] == internal:
+        return last[1]
+    tensor = _int64_tensor(internal)
+    _last_python = (internal, tensor)
+    return tensor
 
 
 def _int64_tensor(values: tuple[int, ...]) -> torch.Tensor:

@@ -132,8 +132,12 @@ class Saver:
             every_seconds is not None and time.monotonic() - self._last_save >= every_seconds
         )
 
-    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *, wait: bool) -> Checkpoint | None:
+    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any], *, wait: bool,
+             fresh: frozenset[str] = frozenset()) -> Checkpoint | None:
         """Checkpoint `state` as `step`; in the background (returning None) unless `wait`.
+
+        `fresh`: keys of `state` whose values were made for this save (progress, RNG
+        states) and are held by nothing else, so a background save need not copy them.
 
         Raises:
             CheckpointSaveError: a save in this thread failed; the previous checkpoint is intact.
@@ -143,7 +147,9 @@ class Saver:
         if self.options.in_background and not wait:
             pending: Pending = []
             defer = owned_storages(self._optimizer) if self._hook is not None and not self._copy_at_save else None
-            state = statefile.snapshot(state, self._buffers, defer=defer, pending=pending)
+            state = {key: value if key in fresh else
+                     statefile.snapshot(value, self._buffers, (key,), defer=defer, pending=pending)
+                     for key, value in state.items()}
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # the non-blocking copies to pinned memory
             copy = DeferredCopy(pending) if pending else None
@@ -154,10 +160,10 @@ class Saver:
             self._copy = copy
 
             try:
-                if copy is not None:
-                    self._copier.start(copy.run)
-                self._background.start(lambda: self._persist(step, state, meta, copy))
+                self._background.start(lambda: self._copy_and_persist(step, state, meta, copy))
             except BaseException:
+                if copy is not None:
+                    copy.cancel()  # never started: nothing will copy it
                 self._release_copy()
                 self._restore_threads()
                 raise
@@ -191,6 +197,17 @@ class Saver:
             if raise_errors:
                 raise
             log.error("%s Training continues; the next save will try again.", exc)
+
+    def _copy_and_persist(self, step: int, state: dict[str, Any], meta: dict[str, Any],
+                          copy: DeferredCopy | None) -> Checkpoint:
+        """In the writer's thread: start the copy's thread (from here, not `save()`: one
+        thread hand-off less in the loop's stall), then persist as the copy goes."""
+        if copy is not None:
+            try:
+                self._copier.start(copy.run)
+            except RuntimeError:  # no thread to be had: copy here, then write
+                copy.run()
+        return self._persist(step, state, meta, copy)
 
     def _persist(self, step: int, state: dict[str, Any], meta: dict[str, Any],
                  copy: DeferredCopy | None = None) -> Checkpoint:

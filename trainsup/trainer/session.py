@@ -508,7 +508,7 @@ class Session:
         try:
             self._saver.settle()
             if self._group is None:
-                saved = self._saver.save(self.step, self._collect(), self._meta(), wait=wait)
+                saved = self._saver.save(self.step, self._collect(), self._meta(), wait=wait, fresh=_FRESH)
             else:
                 saved = self._save_distributed(wait)
             self._fresh.clear()  # a later save does not inherit them: it was not measured at them
@@ -530,7 +530,7 @@ class Session:
                 return None
             state = self._collect()
             state["rng"] = {**own, "ranks": ranks}
-            return self._saver.save(self.step, state, self._meta(), wait=wait)
+            return self._saver.save(self.step, state, self._meta(), wait=wait, fresh=_FRESH)
         finally:
             self._group.barrier()
 
@@ -543,6 +543,8 @@ class Session:
         return self._saver.wait()
 
     def _collect(self) -> dict[str, Any]:
+        """The state to save: the components' (sharing the live tensors) and the `_FRESH`
+        parts, made here for this save."""
         state = statefile.collect(self.components)
         state["progress"] = {
             "step": self.step, "epoch": self.epoch, "position": self.position,
@@ -592,6 +594,9 @@ class Session:
     def _require_started(self) -> None:
         if not self._started:
             raise LoopUsageError("Enter the session (with Session(...) as session) before using it.")
+
+
+_FRESH = frozenset({"progress", "rng", "batch"})  # made by `_collect` for one save: no copy needed
 
 
 def _device_of(model: torch.nn.Module | None) -> torch.device:

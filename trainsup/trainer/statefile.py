@@ -82,11 +82,29 @@ def snapshot(obj: Any, buffers: dict[tuple[Any, ...], torch.Tensor] | None = Non
         for key, value in obj.items():
             copied[key] = snapshot(value, buffers, (*_path, key), defer=defer, pending=pending)
         if hasattr(obj, "_metadata"):
-            copied._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
+            copied._metadata = _copy_metadata(obj._metadata)  # type: ignore[attr-defined]
         return copied
     if isinstance(obj, (list, tuple)):
         return type(obj)(snapshot(v, buffers, (*_path, i), defer=defer, pending=pending) for i, v in enumerate(obj))
+    if type(obj) in _IMMUTABLE:
+        return obj
     return copy.deepcopy(obj)
+
+
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None), complex})
+
+
+def _copy_metadata(metadata: Any) -> Any:
+    """A module state_dict's `_metadata` ({prefix: {"version": 1}, ...}), copied.
+
+    Its entries usually hold only numbers, where a copy of each dict is a deep copy;
+    `copy.deepcopy` of the whole took as long as the rest of a small model's snapshot."""
+    if not isinstance(metadata, OrderedDict):
+        return copy.deepcopy(metadata)
+    return OrderedDict(
+        (key, dict(entry) if isinstance(entry, dict) and all(type(v) in _IMMUTABLE for v in entry.values())
+         else copy.deepcopy(entry))
+        for key, entry in metadata.items())
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:
