@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from trainsup.trainer import CheckpointSaveError, Saving, Session
-from trainsup.trainer import deferred
+from trainsup.trainer import deferred, saving
 from trainsup.trainer.deferred import DeferredCopy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,9 +45,12 @@ def session_for(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
                    saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True))
 
 
-@pytest.fixture
-def slow_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The background copy starts 0.3 s late, so the loop reaches its next step first."""
+@pytest.fixture(params=["in the writer's thread", "in a thread of its own"])
+def slow_copy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background copy starts 0.3 s late, so the loop reaches its next step first; it
+    runs where a small state's does (the writer's thread), or where a big one's does."""
+    if request.param == "in a thread of its own":
+        monkeypatch.setattr(saving, "_COPY_IN_WRITER_UP_TO", 0)
     run = DeferredCopy.run
 
     def late(self: DeferredCopy) -> None:
@@ -272,6 +275,7 @@ def test_without_a_thread_for_the_copy_the_writer_copies_first_and_the_save_hold
         def no_thread(work: Any) -> None:
             raise RuntimeError("can't start new thread")
 
+        monkeypatch.setattr(saving, "_COPY_IN_WRITER_UP_TO", 0)  # a big state's copy: a thread of its own
         monkeypatch.setattr(session._saver._copier, "start", no_thread)
         expected = copy.deepcopy(model.state_dict())
         session.save()

@@ -72,6 +72,11 @@ class DeferredCopy:
             self._copied.set()
 
     @property
+    def nbytes(self) -> int:
+        """The bytes to copy."""
+        return sum(copy.numel() * copy.element_size() for _, copy, _ in self._pending)
+
+    @property
     def copied(self) -> bool:
         return self._copied.is_set()
 
