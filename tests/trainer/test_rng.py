@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,3 +52,23 @@ def test_python_state_is_taken_again_once_the_generator_moves() -> None:
     moved = rng.capture()["python"]["state"]
     assert not torch.equal(moved, first)
     assert torch.equal(moved, torch.tensor(random.getstate()[1], dtype=torch.int64))
+
+
+def test_numpy_state_is_taken_again_once_the_generator_moves_or_is_reseeded() -> None:
+    def numpy_state() -> tuple[Any, ...]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return kind, keys.astype(np.int64).tolist(), int(pos), int(has_gauss), float(cached)
+
+    def captured() -> tuple[Any, ...]:
+        npy = rng.capture()["numpy"]
+        return npy["kind"], npy["keys"].tolist(), npy["pos"], npy["has_gauss"], npy["cached"]
+
+    np.random.seed(1)
+    assert captured() == captured() == numpy_state()
+    assert rng.capture()["numpy"]["keys"] is rng.capture()["numpy"]["keys"]  # not moved: not taken again
+    np.random.standard_normal()  # draws two, keeps one: position and cached Gaussian move
+    assert captured() == numpy_state() and captured()[3] == 1
+    np.random.seed(1)
+    assert captured() == numpy_state() and captured()[3] == 0
+    np.random.set_state(("MT19937", np.arange(624, dtype=np.uint32), 5, 1, 0.25))
+    assert captured() == numpy_state()

@@ -70,4 +70,4 @@ class SampleRate:
 
 
 def max_memory_bytes() -> int | None:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 from typing import Any
 
@@ -13,6 +14,9 @@ except ImportError:  # numpy is optional
     np = None  # type: ignore[assignment]
 
 
+_MT19937_STATE_BYTES = 624 * 4 + 4  # numpy's mt19937_state: uint32_t key[624]; int pos
+_state_address: tuple[Any, int] | None = None  # numpy's global bit generator (kept alive) and its state's address
+_last_numpy: tuple[bytes, dict[str, Any]] | None = None  # numpy's raw state at the last capture, and its record
 _last_python: tuple[tuple[int, ...], torch.Tensor] | None = None  # Python's state at the last capture, as a tensor
 
 
@@ -23,17 +27,45 @@ def capture() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if np is not None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["numpy"] = _numpy_state()
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _numpy_state() -> dict[str, Any]:
+    """numpy's global (legacy) generator state; the last one again if the generator has
+    not moved since: `np.random.get_state()` fills its key word by word in Python
+    (40-90 µs here, in a background save's stall), and most training loops never draw
+    from it. "Not moved" is its raw key and position unchanged: drawing a Gaussian moves
+    them too, and only `np.random.set_state` with the same key and position but another
+    cached Gaussian would go unseen."""
+    global _last_numpy
+    raw = _mt19937_bytes()  # before get_state: a draw in another thread between the two makes them differ next time
+    last = _last_numpy
+    if raw is not None and last is not None and last[0] == raw:
+        return dict(last[1])
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "cached": float(cached)}
+    if raw is not None:
+        _last_numpy = (raw, state)
+    return dict(state)
+
+
+def _mt19937_bytes() -> bytes | None:
+    """The raw state (key, position) of numpy's global generator, read in one copy
+    through its public ctypes interface; None unless it is the legacy MT19937."""
+    get_bit_generator = getattr(np.random, "get_bit_generator", None)  # numpy >= 1.25
+    if get_bit_generator is None:
+        return None
+    global _state_address
+    bit_generator = get_bit_generator()
+    if _state_address is None or _state_address[0] is not bit_generator:  # `.ctypes` is slow to build
+        if type(bit_generator).__name__ != "MT19937":
+            return None
+        _state_address = (bit_generator, bit_generator.ctypes.state_address)
+    return ctypes.string_at(_state_address[1], _MT19937_STATE_BYTES)
 
 
 def _python_tensor(internal: tuple[int, ...]) -> torch.Tensor:

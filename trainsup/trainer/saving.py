@@ -150,7 +150,7 @@ class Saver:
             state = {key: value if key in fresh else
                      statefile.snapshot(value, self._buffers, (key,), defer=defer, pending=pending)
                      for key, value in state.items()}
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
+            if torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # the non-blocking copies to pinned memory
             copy = DeferredCopy(pending) if pending else None
             threads = torch.get_num_threads()
