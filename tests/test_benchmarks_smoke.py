@@ -73,3 +73,20 @@ def test_bench_gpu_checkpoint_runs_on_cpu_and_reports_every_row(tmp_path: Path) 
     assert report["dcp"]["sync_files"] is True and report["dcp"]["error"] is None
     assert "dcp async stall" in result.stdout and "loop: baseline step" in result.stdout
     assert [p.name for p in tmp_path.iterdir()] == [out.name], "the benchmark left scratch files behind"
+
+
+def test_bench_checkpoint_reports_every_row_and_the_save_in_the_loop(tmp_path: Path) -> None:
+    out = tmp_path / "checkpoint.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_checkpoint.py"), "--sizes", "1MB", "--repeats", "1",
+         "--dir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())["sizes"]["1MB"]
+    for row in ("disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "save in the loop",
+                "async stall", "async durable"):
+        assert figures[row] > 0, row
+    assert isinstance(figures["async loop loss"], float)  # a difference of two timings: noise may make it negative
+    assert "durable/in loop" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == [out.name], "the benchmark left scratch files behind"
