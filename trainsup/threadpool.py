@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _pools: dict[str, ThreadPoolExecutor] = {}
@@ -25,5 +28,25 @@ def pool(name: str, workers: int = 1) -> ThreadPoolExecutor:
             _owner = os.getpid()
         found = _pools.get(name)
         if found is None:
-            found = _pools[name] = ThreadPoolExecutor(workers, thread_name_prefix=f"trainsup-{name}")
+            found = _pools[name] = _Pool(workers, thread_name_prefix=f"trainsup-{name}")
         return found
+
+
+class _Pool(ThreadPoolExecutor):
+    """A pool that runs the work in the calling thread once the interpreter is exiting.
+
+    A checkpoint save still in flight then (its thread is waited for at exit) must finish,
+    but `concurrent.futures` refuses new work as soon as the interpreter starts to exit,
+    before the exit hooks that wait for the save run. These pools are never shut down
+    otherwise, so a refusal means that."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            done: Future[T] = Future()
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done

@@ -241,9 +241,11 @@ EXITING_SCRIPT = textwrap.dedent("""
     class Slow(FileOps):
         def write_file(self, path, write):
             time.sleep(0.5)
+            if sys.argv[3:] == ["full"]:
+                raise OSError(28, "No space left on device")
             super().write_file(path, write)
 
-    model = torch.nn.Linear(8, 8)
+    model = torch.nn.Linear(int(sys.argv[2]), int(sys.argv[2]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     session = Session(model, optimizer, checkpoint_dir=sys.argv[1], ops=Slow(), handle_signals=False,
                       environ={"TRAINSUP_SNAPSHOTS": "0"},
@@ -254,15 +256,28 @@ EXITING_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_process_that_exits_still_finishes_the_save_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [8, 2400], ids=["small", "24 MB: O_DIRECT and hashing in threads"])
+def test_a_process_that_exits_still_finishes_the_save_in_flight(tmp_path: Path, width: int) -> None:
     script = tmp_path / "exiting.py"
     script.write_text(EXITING_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "ck")], env=env, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "ck"), str(width)], env=env,
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("leaving"), run.stderr
     assert (tmp_path / "ck" / "LATEST").read_text() == "step-000000001\n"
     assert saved_state(tmp_path / "ck" / "step-000000001")["progress"]["step"] == 1
+
+
+def test_a_save_in_flight_that_fails_as_the_process_exits_says_so(tmp_path: Path) -> None:
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "ck"), "8", "full"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.startswith("leaving"), run.stderr
+    assert "Saving checkpoint step-000000001 failed (No space left on device)" in run.stderr
+    assert "(the process was exiting)" in run.stderr
+    assert not (tmp_path / "ck" / "LATEST").exists()
 
 
 def test_without_a_thread_for_the_copy_the_writer_copies_first_and_the_save_holds(

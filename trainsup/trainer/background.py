@@ -9,6 +9,8 @@ import time
 import weakref
 from typing import Callable, Generic, TypeVar
 
+from trainsup.textlog import get_logger
+
 T = TypeVar("T")
 
 _in_flight: "weakref.WeakSet[BackgroundSave[object]]" = weakref.WeakSet()
@@ -92,6 +94,9 @@ class BackgroundSave(Generic[T]):
 
 @atexit.register
 def _finish_in_flight() -> None:
-    """At interpreter exit (daemon threads still run then): wait for every save in flight."""
+    """At interpreter exit (daemon threads still run then): wait for every save in flight,
+    and say so if one failed (nobody is left to `wait` for it)."""
     for background in list(_in_flight):
         background._idle.wait()
+        if background.busy and background._error is not None:
+            get_logger().error("%s (the process was exiting)", background._error)

@@ -156,11 +156,11 @@ class CheckpointDir:
         try:
             self._check_free_space()
             self.ops.mkdir(temp)
-            digests = {file_name: self._write_durably(temp / file_name, writer) for file_name, writer in files.items()}
+            digests = {file_name: self._write_hashed(temp / file_name, writer) for file_name, writer in files.items()}
             manifest = Manifest(step=step, files=digests, **meta)
-            self._write_durably(temp / MANIFEST_NAME, lambda file: file.write(manifest.to_bytes()))
-            self.ops.fsync_dir(temp)
-            latest = self._prepare_latest(name)
+            self.ops.write_file(temp / MANIFEST_NAME, lambda file: file.write(manifest.to_bytes()))
+            latest = self._write_latest(name)
+            latest = self._make_durable(name, [temp / file_name for file_name in (*files, MANIFEST_NAME)], temp, latest)
             if os.path.lexists(final):
                 replaced = self.root / f"{_REPLACED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
                 self.ops.rename(final, replaced)
@@ -186,7 +186,8 @@ class CheckpointDir:
                 log.warning("retention after %s failed (%s); old checkpoints stay", checkpoint.name, _describe(exc))
         return checkpoint
 
-    def _write_durably(self, path: Path, writer: Writer) -> FileDigest:
+    def _write_hashed(self, path: Path, writer: Writer) -> FileDigest:
+        """Write `path` (no fsync yet) and return the digest of what was written."""
         measured: list[HashingWriter] = []
         algorithm = preferred_algorithm()
 
@@ -195,21 +196,38 @@ class CheckpointDir:
             writer(measured[0])
 
         self.ops.write_file(path, write)
-        self.ops.fsync_file(path)
         return measured[0].digest()
 
-    def _prepare_latest(self, name: str) -> Path | None:
-        """LATEST's next content in a temp file, fsynced, to be renamed in with the commit;
-        None if it could not be written (LATEST is a hint: the save goes on without it)."""
+    def _write_latest(self, name: str) -> Path | None:
+        """LATEST's next content in a temp file (fsynced with the checkpoint's files), to
+        be renamed in with the commit; None if it could not be written (LATEST is a hint:
+        the save goes on without it)."""
         temp = self.root / f".LATEST.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # not guessable in advance
         try:
             self.ops.write_file(temp, lambda file: file.write(f"{name}\n".encode()))
-            self.ops.fsync_file(temp)
         except Exception as exc:
             log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(exc))
             self._remove_quietly(temp, file=True)
             return None
         return temp
+
+    def _make_durable(self, name: str, files: list[Path], temp: Path, latest: Path | None) -> Path | None:
+        """fsync the checkpoint's files, its directory and LATEST's temp file, all at once;
+        return LATEST's temp file, or None if it could not be made durable.
+
+        Raises:
+            OSError: a file of the checkpoint or its directory could not be made durable.
+        """
+        errors = self.ops.fsync_all([*files, *([latest] if latest else [])], [temp])
+        *file_errors, dir_error = errors
+        for error in [*file_errors[:len(files)], dir_error]:
+            if error is not None:
+                raise error
+        if latest is not None and file_errors[-1] is not None:
+            log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(file_errors[-1]))
+            self._remove_quietly(latest, file=True)
+            return None
+        return latest
 
     def _point_latest(self, temp: Path, name: str) -> bool:
         try:

@@ -22,7 +22,7 @@ import shutil
 import threading
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
 from trainsup import durable
 from trainsup.textlog import get_logger
@@ -63,6 +63,17 @@ class FileOps:
     def fsync_dir(self, path: Path) -> None:
         durable.fsync_dir(path)
 
+    def fsync_all(self, files: Sequence[Path], dirs: Sequence[Path] = ()) -> list[OSError | None]:
+        """`fsync_file` each of `files` and `fsync_dir` each of `dirs`, all at the same time;
+        what each raised (None where nothing), files first, in order.
+
+        At the same time because one journal commit can carry several: a checkpoint's
+        manifest and directory become durable while its big file does, not after it."""
+        calls = [(self.fsync_file, path) for path in files] + [(self.fsync_dir, path) for path in dirs]
+        if len(calls) < 2:
+            return [_error_of(call, path) for call, path in calls]
+        return list(pool("fsync", workers=4).map(lambda item: _error_of(*item), calls))
+
     def rename(self, src: Path, dst: Path) -> None:
         """Atomically move `src` to `dst`, replacing a file (never a non-empty directory)."""
         os.replace(src, dst)
@@ -86,6 +97,14 @@ class FileOps:
             self.remove_tree(path)
         except OSError as exc:
             get_logger().warning("could not remove %s (%s); the next start removes it", path, exc.strerror or exc)
+
+
+def _error_of(call: Callable[[Path], None], path: Path) -> OSError | None:
+    try:
+        call(path)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def wait_for_removals() -> None:
