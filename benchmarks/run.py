@@ -107,6 +107,10 @@ def _f(value: Any, digits: int = 0, unit: str = "", signed: bool = False) -> str
     return f"{value:{'+' if signed else ''},.{digits}f}{unit}"
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
 def _x(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
@@ -187,7 +191,7 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
                         f"disk floor {_f(floor['write_fsync_s'], 3)} ({_f(floor['mb_per_s'], 0)} MB/s)",
                         f"{_x(r.get('power-safe / torch.save+fsync'))} save+fsync, {_x(r.get('power-safe / disk floor'))} floor"))
             out.append(("", "async save (training on the same cores)",
-                        f"stalls {_f(s.get('async stall'), 3, ' s')}; durable after {_f(s.get('async durable'), 3, ' s')}; "
+                        f"stalls {_f(_ms(s.get('async stall')), 2, ' ms')}; durable after {_f(s.get('async durable'), 3, ' s')}; "
                         f"loop loss {_f(s.get('async loop loss'), 3, ' s')}",
                         f"power-safe save {_f(s.get('power-safe'), 3, ' s')}; the same in the loop "
                         f"{_f(s.get('save in the loop'), 3, ' s')}",

@@ -54,8 +54,9 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(
     env = {"TRAINSUP_JOB_ID": "job-1", "TRAINSUP_RUN_DIR": str(run_dir), "TRAINSUP_HEARTBEAT": str(beats),
            "TRAINSUP_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "TEST_SLOW_SAVE": "0.03"}
     args = ["--out", str(tmp_path / "final.pt"), "--save-every", "100"]
-    # a second SIGTERM lands in the middle of the checkpoint the first one asked for
-    run = helpers.run_script(args, env=env, kill_on="event step 5", sig=signal.SIGTERM,
+    # a second SIGTERM lands in the middle of the checkpoint the first one asked for; the
+    # pause after each step lets the first land before step 6 ends on a loaded machine
+    run = helpers.run_script(args + ["--step-delay", "0.3"], env=env, kill_on="event step 5", sig=signal.SIGTERM,
                              then=("event saveop 3", signal.SIGTERM))
     assert run.returncode == 75, run.stderr[-3000:]
     assert json.loads((run_dir / "exit.json").read_text()) == {
