@@ -280,16 +280,17 @@ def test_a_save_in_flight_that_fails_as_the_process_exits_says_so(tmp_path: Path
     assert not (tmp_path / "ck" / "LATEST").exists()
 
 
+def no_thread(work: Any) -> None:
+    """`BackgroundSave.start` on a machine out of threads."""
+    raise RuntimeError("can't start new thread")
+
+
 def test_without_a_thread_for_the_copy_the_writer_copies_first_and_the_save_holds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, optimizer = make()
     with session_for(tmp_path, model, optimizer) as session:
         train_step(model, optimizer)
         session.step_done()
-
-        def no_thread(work: Any) -> None:
-            raise RuntimeError("can't start new thread")
-
         monkeypatch.setattr(saving, "_COPY_IN_WRITER_UP_TO", 0)  # a big state's copy: a thread of its own
         monkeypatch.setattr(session._saver._copier, "start", no_thread)
         expected = copy.deepcopy(model.state_dict())
@@ -307,10 +308,6 @@ def test_a_save_whose_thread_cannot_start_fails_in_save_and_the_loop_goes_on(
     with session_for(tmp_path, model, optimizer) as session:
         train_step(model, optimizer)
         session.step_done()
-
-        def no_thread(work: Any) -> None:
-            raise RuntimeError("can't start new thread")
-
         monkeypatch.setattr(session._saver._background, "start", no_thread)
         with pytest.raises(RuntimeError, match="can't start new thread"):
             session.save()
