@@ -288,6 +288,47 @@ def test_lightning_fit_writes_sealed_checkpoints_and_finished(tmp_path: Path, mo
     assert trainer.global_step == 14
 
 
+GLOO_EXIT_SCRIPT = """
+import atexit, sys
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, TensorDataset
+from trainsup.integrations.lightning import TrainsupCallback
+
+# registered first, so it runs last: after trainsup's own exit hook
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized(), flush=True))
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+
+class Net(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, callbacks=[TrainsupCallback(sys.argv[2])])
+trainer.fit(Net(), DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
+"""
+
+
+def test_the_gloo_group_is_destroyed_before_interpreter_exit(tmp_path: Path):
+    """Lightning ends only an NCCL group at exit; a gloo process that reaches interpreter
+    finalization with its group alive can abort there (a finished run read as a crash).
+    With the callback in the fit, the group is gone before then."""
+    pytest.importorskip("lightning")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINSUP_", "SLURM_"))}
+    result = subprocess.run([PY, "-c", GLOO_EXIT_SCRIPT, str(tmp_path / "store"), str(tmp_path / "ckpt")],
+                            env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "group alive at exit: False", result.stdout
+
+
 def test_lightning_cuda_oom_writes_exit_json(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TRAINSUP_RUN_DIR", str(tmp_path / "run"))
     with pytest.raises(torch.OutOfMemoryError):

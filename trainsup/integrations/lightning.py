@@ -84,6 +84,7 @@ from trainsup.batch import Batch
 from trainsup.contracts import ENV_CHECKPOINT_DIR, EXIT_PREEMPTED, Phase
 from trainsup.durable import fsync_dir
 from trainsup.integrations.runtime import (
+    end_gloo_group_at_exit,
     foreign_entry,
     heartbeats,
     log,
@@ -332,6 +333,7 @@ def _build_classes() -> None:
                 self.requested = self.requested or "SIGTERM"
                 connector.received_sigterm = False
             self._signals.install()
+            end_gloo_group_at_exit()  # Lightning itself ends only an NCCL group at exit
             self._last_step = trainer.global_step
             if self.dirpath is None:
                 self.dirpath = _default_dirpath(trainer)
