@@ -215,7 +215,10 @@ def test_a_background_save_beats_checkpoint_only_while_the_loop_waits_for_one(tm
         writes.clear()
         session.save()  # nothing in flight: returns at once, no beat
         assert writes == []
-        session.wait_for_save()
+        session.wait_for_save()  # the loop waits for it
+        assert writes == ["checkpoint", "train"]
+        writes.clear()
+        session.wait_for_save()  # nothing in flight
         session.save(wait=True)
         assert writes == ["checkpoint", "train"]
 

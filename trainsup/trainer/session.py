@@ -540,7 +540,13 @@ class Session:
         Raises:
             CheckpointSaveError: the background save failed.
         """
-        return self._saver.wait()
+        if not self._saver.in_flight:
+            return self._saver.wait()
+        self._beat("checkpoint", force=True)  # the loop waits for a save: the daemon's checkpoint timeout
+        try:
+            return self._saver.wait()
+        finally:
+            self._beat(self._phase, force=True)
 
     def _collect(self) -> dict[str, Any]:
         """The state to save: the components' (sharing the live tensors) and the `_FRESH`
