@@ -33,12 +33,13 @@ def pool(name: str, workers: int = 1) -> ThreadPoolExecutor:
 
 
 class _Pool(ThreadPoolExecutor):
-    """A pool that runs the work in the calling thread once the interpreter is exiting.
+    """A pool that runs the work in the calling thread when it cannot take it: once the
+    interpreter is exiting, or when no thread can be started.
 
-    A checkpoint save still in flight then (its thread is waited for at exit) must finish,
+    A checkpoint save still in flight at exit (its thread is waited for then) must finish,
     but `concurrent.futures` refuses new work as soon as the interpreter starts to exit,
     before the exit hooks that wait for the save run. These pools are never shut down
-    otherwise, so a refusal means that."""
+    otherwise, so a refusal means one of those two."""
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         try:
