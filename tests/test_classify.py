@@ -100,6 +100,16 @@ def test_exit_0_after_our_stop_is_an_interruption_unless_the_job_finished() -> N
     assert classify(facts(0)) is R.SUCCEEDED  # an outside SIGTERM, then exit 0: a success
 
 
+def test_a_job_that_finished_then_met_our_stop_on_its_way_out_succeeded() -> None:
+    """Seen under Slurm: the job wrote its last checkpoint and exit.json "finished", closed its
+    session, and the stop for the time limit came while the interpreter was exiting."""
+    finished = {"reason": "finished"}
+    assert classify(facts(None, TERM, stop_requested="shutdown", trainer_exit=finished)) is R.SUCCEEDED
+    assert classify(facts(None, TERM, stop_requested="shutdown")) is R.INTERRUPTED  # did not say so
+    assert classify(facts(None, TERM, trainer_exit=finished)) is R.CRASH  # not our stop: someone else's
+    assert classify(facts(None, KILL, stop_requested="shutdown", trainer_exit=finished)) is R.CRASH  # hung on the way out
+
+
 def test_a_config_error_is_said_by_the_job() -> None:
     assert classify(facts(1, trainer_exit={"reason": "config_error", "detail": "size mismatch"})) is R.CONFIG_ERROR
     assert classify(facts(1, log_tail="RuntimeError: size mismatch for fc.weight")) is R.CRASH

@@ -32,6 +32,10 @@ def classify(seen: Observation) -> EndReason:
         return EndReason.INTERRUPTED
     if seen.exit_code == 0:
         return EndReason.SUCCEEDED
+    # It said it finished, then our stop's SIGTERM caught it on its way out (its session had
+    # already given the default handler back): the work is done, its last checkpoint final.
+    if seen.stop_requested == "shutdown" and seen.declared("finished") and seen.signal == signal.SIGTERM:
+        return EndReason.SUCCEEDED
     if seen.saved_at_a_stop:  # exit 75, or torchrun's exit 1 after its workers exited 75
         return EndReason.PREEMPTED
     if seen.declared("config_error"):
