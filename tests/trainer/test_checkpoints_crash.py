@@ -229,7 +229,7 @@ def test_malicious_pickle_with_a_valid_manifest_is_refused(tmp_path: Path, train
                for r in trainer_log.records)
 
 
-@pytest.mark.parametrize("failing", ["write_file", "rename"])
+@pytest.mark.parametrize("failing", ["write_file", "fsync_file", "rename"])
 def test_a_latest_that_cannot_be_written_leaves_the_save_committed_and_the_old_checkpoints_kept(
         tmp_path: Path, trainer_log: Any, failing: str) -> None:
     """LATEST is a hint written beside the commit: when the disk refuses it the checkpoint is
@@ -242,6 +242,11 @@ def test_a_latest_that_cannot_be_written_leaves_the_save_committed_and_the_old_c
             if failing == "write_file" and path.name.startswith(".LATEST.tmp"):
                 raise OSError(28, "No space left on device")
             super().write_file(path, write)
+
+        def fsync_file(self, path: Path) -> None:
+            if failing == "fsync_file" and path.name.startswith(".LATEST.tmp"):
+                raise OSError(5, "Input/output error")
+            super().fsync_file(path)
 
         def rename(self, src: Path, dst: Path) -> None:
             if failing == "rename" and dst.name == "LATEST":

@@ -206,9 +206,7 @@ class CheckpointDir:
         try:
             self.ops.write_file(temp, lambda file: file.write(f"{name}\n".encode()))
         except Exception as exc:
-            log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(exc))
-            self._remove_quietly(temp, file=True)
-            return None
+            return self._drop_latest(name, temp, exc)
         return temp
 
     def _make_durable(self, name: str, files: list[Path], temp: Path, latest: Path | None) -> Path | None:
@@ -219,15 +217,17 @@ class CheckpointDir:
             OSError: a file of the checkpoint or its directory could not be made durable.
         """
         errors = self.ops.fsync_all([*files, *([latest] if latest else [])], [temp])
-        *file_errors, dir_error = errors
-        for error in [*file_errors[:len(files)], dir_error]:
+        for error in [*errors[:len(files)], errors[-1]]:  # the checkpoint's files, then its dir
             if error is not None:
                 raise error
-        if latest is not None and file_errors[-1] is not None:
-            log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(file_errors[-1]))
-            self._remove_quietly(latest, file=True)
-            return None
+        if latest is not None and (error := errors[len(files)]) is not None:
+            return self._drop_latest(name, latest, error)
         return latest
+
+    def _drop_latest(self, name: str, temp: Path, exc: BaseException) -> None:
+        """LATEST's temp file could not be written or made durable: the save goes on without it."""
+        log.warning("checkpoint %s: LATEST will not be updated (%s)", name, _describe(exc))
+        self._remove_quietly(temp, file=True)
 
     def _point_latest(self, temp: Path, name: str) -> bool:
         try:

@@ -98,10 +98,14 @@ class DeferredCopy:
         except Exception:  # out of memory: the save fails on it (`gate`, `check_unchanged`)
             self._failed = True
         finally:
-            with self._progress:
-                self._done = len(self._pending)
-                self._progress.notify_all()
-            self._copied.set()
+            self._end()
+
+    def _end(self) -> None:
+        """No more copying: wake every `gate` and `release` waiting on it."""
+        with self._progress:
+            self._done = len(self._pending)
+            self._progress.notify_all()
+        self._copied.set()
 
     @functools.cached_property
     def _spans(self) -> list[tuple[int, int, int]]:
@@ -117,10 +121,7 @@ class DeferredCopy:
     def cancel(self) -> None:
         """The copy will never run (its save did not start): fail it, and let `release` return."""
         self._failed = True
-        with self._progress:
-            self._done = len(self._pending)
-            self._progress.notify_all()
-        self._copied.set()
+        self._end()
 
     def gate(self, data: Any) -> None:
         """Block until `data` (bytes `torch.save` is about to write: a record of one storage)

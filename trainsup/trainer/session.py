@@ -21,6 +21,7 @@ which checkpoint is best), `Batch` (the micro-batch and accumulation in force), 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -503,9 +504,7 @@ class Session:
         # loop waits for a save; a background save that starts at once costs no beat (two
         # heartbeat files, ~0.4 ms each, more than the rest of its stall).
         waits = wait or not self._saver.options.in_background or self._saver.in_flight or self._group is not None
-        if waits:
-            self._beat("checkpoint", force=True)
-        try:
+        with self._checkpoint_phase(waits):
             self._saver.settle()
             if self._group is None:
                 saved = self._saver.save(self.step, self._collect(), self._meta(), wait=wait, fresh=_FRESH)
@@ -513,6 +512,15 @@ class Session:
                 saved = self._save_distributed(wait)
             self._fresh.clear()  # a later save does not inherit them: it was not measured at them
             return saved
+
+    @contextmanager
+    def _checkpoint_phase(self, waits: bool) -> Iterator[None]:
+        """While the loop waits for a save (`waits`), the heartbeat says "checkpoint": the
+        daemon then applies its checkpoint timeout, not the step's."""
+        if waits:
+            self._beat("checkpoint", force=True)
+        try:
+            yield
         finally:
             if waits:
                 self._beat(self._phase, force=True)
@@ -540,13 +548,8 @@ class Session:
         Raises:
             CheckpointSaveError: the background save failed.
         """
-        if not self._saver.in_flight:
+        with self._checkpoint_phase(self._saver.in_flight):
             return self._saver.wait()
-        self._beat("checkpoint", force=True)  # the loop waits for a save: the daemon's checkpoint timeout
-        try:
-            return self._saver.wait()
-        finally:
-            self._beat(self._phase, force=True)
 
     def _collect(self) -> dict[str, Any]:
         """The state to save: the components' (sharing the live tensors) and the `_FRESH`
