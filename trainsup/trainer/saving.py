@@ -4,6 +4,7 @@ says which part of the copy is left to that thread)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
-from trainsup.trainer import statefile
+from trainsup.trainer import openmp, statefile
 from trainsup.trainer.background import BackgroundSave
 from trainsup.trainer.deferred import DeferredCopy, Pending, owned_storages
 from trainsup.trainer.checkpoints import Checkpoint, CheckpointDir
@@ -82,6 +83,8 @@ class Saver:
         """Hook the optimizer's step (background saves only): it waits for a copy in flight."""
         if self.options.in_background and self._optimizer is not None and self._hook is None:
             self._hook = self._optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step())
+        if self.options.in_background:
+            openmp.find_runtime()  # now, not in the first save's stall
 
     def detach(self) -> None:
         """Unhook the optimizer and let the threads end (after `settle`)."""
@@ -150,13 +153,11 @@ class Saver:
             state = {key: value if key in fresh else
                      statefile.snapshot(value, self._buffers, (key,), defer=defer, pending=pending)
                      for key, value in state.items()}
-            if torch.cuda.is_initialized():
+            on_gpu = torch.cuda.is_initialized()
+            if on_gpu:
                 torch.cuda.synchronize()  # the non-blocking copies to pinned memory
             copy = DeferredCopy(pending) if pending else None
-            threads = torch.get_num_threads()
-            if threads > 1:
-                torch.set_num_threads(threads - 1)
-                self._lent_from = threads
+            self._lend_a_thread(on_gpu)
             self._copy = copy
 
             try:
@@ -173,6 +174,18 @@ class Saver:
         except CheckpointSaveError:
             self.dirty = True
             raise
+
+    def _lend_a_thread(self, on_gpu: bool) -> None:
+        """One of torch's threads to the writer until the save is durable (see `poll`)."""
+        threads = torch.get_num_threads()
+        if threads <= 1:
+            return
+        torch.set_num_threads(threads - 1)
+        self._lent_from = threads
+        if not on_gpu and threads >= len(os.sched_getaffinity(0)):
+            # A CPU loop with a torch thread on every core: OpenMP's workers spin on them
+            # for ~3 ms after the step, and the writer would wait that long for a core.
+            openmp.release_idle_workers()
 
     def wait(self) -> Checkpoint | None:
         """Block until a background save is durable; return it (None if none was in flight).
