@@ -14,7 +14,7 @@ import torch
 
 from trainsup.trainer import Saving, Session, openmp
 
-CPUS = len(os.sched_getaffinity(0))
+CPUS = openmp.usable_cpus()
 
 pytestmark = [
     pytest.mark.skipif(not openmp.find_runtime(), reason="torch's OpenMP runtime here is not GNU's libgomp"),

@@ -4,7 +4,6 @@ says which part of the copy is left to that thread)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -182,7 +181,7 @@ class Saver:
             return
         torch.set_num_threads(threads - 1)
         self._lent_from = threads
-        if not on_gpu and threads >= len(os.sched_getaffinity(0)):
+        if not on_gpu and threads >= openmp.usable_cpus():
             # A CPU loop with a torch thread on every core: OpenMP's workers spin on them
             # for ~3 ms after the step, and the writer would wait that long for a core.
             openmp.release_idle_workers()
