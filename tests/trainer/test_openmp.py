@@ -100,3 +100,15 @@ def test_with_a_core_to_spare_the_workers_stay(tmp_path: Path) -> None:
         session.save()
         assert workers <= native_threads()
         session.wait_for_save()
+
+
+def test_turned_off_in_the_environment_the_workers_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(openmp.ENV_RELEASE, "0")
+    openmp._pause_function.cache_clear()  # it is looked up once a process
+    try:
+        workers, _ = workers_of_a_parallel_op(CPUS)
+        assert workers and not openmp.release_idle_workers()
+        assert workers <= native_threads()
+    finally:
+        monkeypatch.undo()
+        openmp._pause_function.cache_clear()
