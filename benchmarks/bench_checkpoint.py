@@ -25,7 +25,10 @@ with Saving(in_background=True) between two of its steps (heartbeats on, as unde
                      cost training in all (its copy, a thread lent to the writer, the
                      writer's CPU and memory traffic)
 The async rows take 3 x --repeats rounds (each round is a few steps; the loop's figures
-are noisier than a save's on a shared machine).
+are noisier than a save's on a shared machine). Then the same rounds again with
+TRAINSUP_OPENMP_RELEASE=0, the alternative to letting torch's idle OpenMP workers go at a
+background save on a CPU loop (`trainsup/trainer/openmp.py`):
+  kept: async stall, async durable, async loop loss
 
     python benchmarks/bench_checkpoint.py [--sizes 10MB,100MB,1GB] [--repeats 5] [--dir PATH]
                                           [--batch 32] [--device cuda] [--json PATH]
@@ -43,23 +46,25 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: E402
+from trainsup.trainer import CheckpointDir, Retention, Saving, Session, openmp  # noqa: E402
 from trainsup.trainer.saving import state_writer  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
 HEADER = ["disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "save in the loop",
-          "async stall", "async durable", "async loop loss"]
+          "async stall", "async durable", "async loop loss", "kept: async durable", "kept: async loop loss"]
 RATIOS = {"safe/save+fsync": ("power-safe", "torch.save+fsync"), "safe/floor": ("power-safe", "disk floor"),
           "stall/safe": ("async stall", "power-safe"), "durable/safe": ("async durable", "power-safe"),
           "loss/safe": ("async loop loss", "power-safe"), "stall/in loop": ("async stall", "save in the loop"),
-          "durable/in loop": ("async durable", "save in the loop"), "loss/in loop": ("async loop loss", "save in the loop")}
+          "durable/in loop": ("async durable", "save in the loop"), "loss/in loop": ("async loop loss", "save in the loop"),
+          "durable/kept": ("async durable", "kept: async durable")}
 WIDTH = 1024
 
 
@@ -148,9 +153,28 @@ def bench_size(size: int, repeats: int, root: Path, device: str, batch: int = 32
     }, repeats)
     clean()
     results.update(bench_async(model, repeats, root / "async", device, batch))
+    with openmp_release(False):
+        kept = bench_async(model, repeats, root / "async-kept", device, batch)
+    results.update({f"kept: {row}": kept[row] for row in ("async stall", "async durable", "async loop loss")})
     results["state bytes"] = sum(t.numel() * t.element_size() for t in state["model"].values())
     clean()
     return results
+
+
+@contextmanager
+def openmp_release(on: bool) -> Iterator[None]:
+    """Whether a background save lets OpenMP's idle workers go, as TRAINSUP_OPENMP_RELEASE says."""
+    before = os.environ.get(openmp.ENV_RELEASE)
+    os.environ[openmp.ENV_RELEASE] = "1" if on else "0"
+    openmp._pause_function.cache_clear()  # noqa: SLF001 (looked up once a process)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(openmp.ENV_RELEASE, None)
+        else:
+            os.environ[openmp.ENV_RELEASE] = before
+        openmp._pause_function.cache_clear()  # noqa: SLF001
 
 
 def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:

@@ -42,7 +42,8 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
     Interface expected of bench_checkpoint.py: `--sizes 10MB,100MB[,1GB] --repeats N
     --dir PATH --json PATH`; the JSON holds {"sizes": {label: {"torch.save": s,
     "torch.save+fsync": s, "power-safe": s, "save in the loop": s, "async stall": s, "async durable": s,
-    "async loop loss": s}}}.
+    "async loop loss": s, "kept: async stall": s, "kept: async durable": s, "kept: async loop loss": s}}}
+    (kept: the same background saves with OpenMP's idle workers kept, TRAINSUP_OPENMP_RELEASE=0).
     """
     from trainsup.units import parse_size
 
@@ -85,6 +86,9 @@ def checkpoint_figure(quick: bool) -> dict[str, Any]:
             "async stall / save in the loop": common.ratio(figures.get("async stall"), figures.get("save in the loop")),
             "async durable / save in the loop": common.ratio(figures.get("async durable"),
                                                              figures.get("save in the loop")),
+            "async durable / workers kept": common.ratio(figures.get("async durable"), figures.get("kept: async durable")),
+            "async loop loss / workers kept": common.ratio(figures.get("async loop loss"),
+                                                           figures.get("kept: async loop loss")),
         }
     result["ratios"] = ratios
     return result
@@ -199,6 +203,13 @@ def rows(name: str, fig: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
                         f"loss {_x(r.get('async loop loss / power-safe'))}; in the loop: stall "
                         f"{_x(r.get('async stall / save in the loop'))}, durable "
                         f"{_x(r.get('async durable / save in the loop'))}"))
+            out.append(("", "async save: OpenMP's idle workers let go (the default), against kept",
+                        "as above",
+                        f"kept (TRAINSUP_OPENMP_RELEASE=0): stalls {_f(_ms(s.get('kept: async stall')), 2, ' ms')}; "
+                        f"durable after {_f(s.get('kept: async durable'), 3, ' s')}; "
+                        f"loop loss {_f(s.get('kept: async loop loss'), 3, ' s')}",
+                        f"durable {_x(r.get('async durable / workers kept'))}, "
+                        f"loss {_x(r.get('async loop loss / workers kept'))}"))
     elif name == "resume":
         r = fig["runs"]
         out.append(("Resume", f"start → first step ({fig['script'].split('/')[1]})", _f(r["resume"]["median"], 0, " ms"),

@@ -85,8 +85,8 @@ def test_bench_checkpoint_reports_every_row_and_the_save_in_the_loop(tmp_path: P
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())["sizes"]["1MB"]
     for row in ("disk floor", "torch.save", "torch.save+fsync", "power-safe", "loop step", "save in the loop",
-                "async stall", "async durable"):
+                "async stall", "async durable", "kept: async stall", "kept: async durable"):
         assert figures[row] > 0, row
     assert isinstance(figures["async loop loss"], float)  # a difference of two timings: noise may make it negative
-    assert "durable/in loop" in result.stdout
+    assert "durable/in loop" in result.stdout and "durable/kept" in result.stdout
     assert [p.name for p in tmp_path.iterdir()] == [out.name], "the benchmark left scratch files behind"
