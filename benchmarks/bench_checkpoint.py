@@ -46,15 +46,15 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainsup.trainer import CheckpointDir, Retention, Saving, Session, openmp  # noqa: E402
+from trainsup.trainer import CheckpointDir, Retention, Saving, Session  # noqa: E402
+from trainsup.trainer.environment import ENV_OPENMP_RELEASE  # noqa: E402
 from trainsup.trainer.saving import state_writer  # noqa: E402
 from trainsup.units import parse_size  # noqa: E402
 
@@ -153,33 +153,18 @@ def bench_size(size: int, repeats: int, root: Path, device: str, batch: int = 32
     }, repeats)
     clean()
     results.update(bench_async(model, repeats, root / "async", device, batch))
-    with openmp_release(False):
-        kept = bench_async(model, repeats, root / "async-kept", device, batch)
+    kept = bench_async(model, repeats, root / "async-kept", device, batch, release_workers=False)
     results.update({f"kept: {row}": kept[row] for row in ("async stall", "async durable", "async loop loss")})
     results["state bytes"] = sum(t.numel() * t.element_size() for t in state["model"].values())
     clean()
     return results
 
 
-@contextmanager
-def openmp_release(on: bool) -> Iterator[None]:
-    """Whether a background save lets OpenMP's idle workers go, as TRAINSUP_OPENMP_RELEASE says."""
-    before = os.environ.get(openmp.ENV_RELEASE)
-    os.environ[openmp.ENV_RELEASE] = "1" if on else "0"
-    openmp._pause_function.cache_clear()  # noqa: SLF001 (looked up once a process)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(openmp.ENV_RELEASE, None)
-        else:
-            os.environ[openmp.ENV_RELEASE] = before
-        openmp._pause_function.cache_clear()  # noqa: SLF001
-
-
-def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, batch: int) -> dict[str, float]:
+def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, batch: int,
+                release_workers: bool = True) -> dict[str, float]:
     """Background saves between the steps of a loop training `model`; each round, as many
-    steps without a save as the last save window had (at least 3), then a save window."""
+    steps without a save as the last save window had (at least 3), then a save window.
+    `release_workers`: as TRAINSUP_OPENMP_RELEASE says (on by default)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     rows = torch.randn(batch, WIDTH, device=device)
 
@@ -196,7 +181,8 @@ def bench_async(model: torch.nn.Module, repeats: int, root: Path, device: str, b
     base: list[float] = []
     in_loop: list[float] = []
     # heartbeats as under the daemon: a save's beats are part of what the loop waits for
-    environ = {"TRAINSUP_SNAPSHOTS": "0", "TRAINSUP_HEARTBEAT": str(root / "heartbeat")}
+    environ = {"TRAINSUP_SNAPSHOTS": "0", "TRAINSUP_HEARTBEAT": str(root / "heartbeat"),
+               ENV_OPENMP_RELEASE: "1" if release_workers else "0"}
     with Session(model, optimizer, checkpoint_dir=root / "checkpoints", handle_signals=False, environ=environ,
                  saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True),
                  retention=Retention(keep_last=1)) as session:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from trainsup.trainer import Saving, Session, openmp
+from trainsup.trainer.environment import ENV_OPENMP_RELEASE
 
 CPUS = openmp.usable_cpus()
 
@@ -71,8 +72,10 @@ def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
 
-def session_for(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Session:
-    return Session(model, optimizer, checkpoint_dir=path, handle_signals=False, environ={"TRAINSUP_SNAPSHOTS": "0"},
+def session_for(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                release: str | None = None) -> Session:
+    environ = {"TRAINSUP_SNAPSHOTS": "0", **({ENV_OPENMP_RELEASE: release} if release is not None else {})}
+    return Session(model, optimizer, checkpoint_dir=path, handle_signals=False, environ=environ,
                    saving=Saving(every_seconds=None, every_epoch=False, on_exit=False, in_background=True))
 
 
@@ -102,13 +105,15 @@ def test_with_a_core_to_spare_the_workers_stay(tmp_path: Path) -> None:
         session.wait_for_save()
 
 
-def test_turned_off_in_the_environment_the_workers_stay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(openmp.ENV_RELEASE, "0")
-    openmp._pause_function.cache_clear()  # it is looked up once a process
-    try:
+@pytest.mark.parametrize("release", ["0", "off"])
+def test_turned_off_in_the_environment_the_workers_stay(tmp_path: Path, release: str) -> None:
+    model, optimizer = make()
+    with session_for(tmp_path / "ck", model, optimizer, release) as session:
+        session.save()
+        session.wait_for_save()
         workers, _ = workers_of_a_parallel_op(CPUS)
-        assert workers and not openmp.release_idle_workers()
+        assert workers
+        session.save()
         assert workers <= native_threads()
-    finally:
-        monkeypatch.undo()
-        openmp._pause_function.cache_clear()
+        assert torch.get_num_threads() == CPUS - 1  # a thread is still lent to the writer
+        assert session.wait_for_save() is not None

@@ -18,6 +18,8 @@ from trainsup.contracts import (
 
 # Accept a checkpoint dir other users could have written (see trainsup.trainer.ownership).
 ENV_ALLOW_SHARED_CHECKPOINT_DIR = "TRAINSUP_ALLOW_SHARED_CHECKPOINT_DIR"
+# Off (0/false/no/off): a background save never lets OpenMP's idle workers go (trainsup.trainer.openmp).
+ENV_OPENMP_RELEASE = "TRAINSUP_OPENMP_RELEASE"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TrainerEnv:
     heartbeat_dir: Path | None = None
     rank: int = 0
     allow_shared_dir: bool = False
+    release_openmp_workers: bool = True
 
     @property
     def supervised(self) -> bool:
@@ -42,6 +45,14 @@ class TrainerEnv:
 
         def path(name: str) -> Path | None:
             return Path(env[name]) if env.get(name) else None
+
+        def switch(name: str, default: bool) -> bool:
+            value = env.get(name, "").strip().lower()
+            if value in ("1", "true", "yes", "on"):
+                return True
+            if value in ("0", "false", "no", "off"):
+                return False
+            return default
 
         def number(name: str, default: int) -> int:
             try:
@@ -57,5 +68,6 @@ class TrainerEnv:
             checkpoint_dir=path(ENV_CHECKPOINT_DIR),
             heartbeat_dir=path(ENV_HEARTBEAT),
             rank=number("RANK", 0),  # torchrun's
-            allow_shared_dir=env.get(ENV_ALLOW_SHARED_CHECKPOINT_DIR, "").strip().lower() in ("1", "true", "yes", "on"),
+            allow_shared_dir=switch(ENV_ALLOW_SHARED_CHECKPOINT_DIR, False),
+            release_openmp_workers=switch(ENV_OPENMP_RELEASE, True),
         )

@@ -16,15 +16,13 @@ import os
 from pathlib import Path
 
 _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: let the threads go, keep the settings
-ENV_RELEASE = "TRAINSUP_OPENMP_RELEASE"  # off (0/false/no/off): never let workers go
 
 
 def release_idle_workers() -> bool:
     """End the calling thread's OpenMP workers (`omp_pause_resource_all`, OpenMP 5.0);
     its next parallel region starts new ones (~50 µs a thread). Call it outside a
     parallel region, from the thread that runs torch's ops. False where the runtime is
-    not libgomp or cannot pause, or `TRAINSUP_OPENMP_RELEASE=0` was in the environment
-    when it was first asked (nothing is done then)."""
+    not libgomp or cannot pause (nothing is done then)."""
     pause = _pause_function()
     return pause is not None and pause(_OMP_PAUSE_SOFT) == 0
 
@@ -42,8 +40,6 @@ def find_runtime() -> bool:
 
 @functools.cache
 def _pause_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if os.environ.get(ENV_RELEASE, "").strip().lower() in ("0", "false", "no", "off"):
-        return None
     for library in _loaded_libgomp():
         pause = getattr(library, "omp_pause_resource_all", None)  # GCC 9 and later
         if pause is not None:

@@ -55,9 +55,11 @@ class Saver:
     `dirty` is True while there is progress that no checkpoint holds yet.
     """
 
-    def __init__(self, checkpoints: CheckpointDir, options: Saving, optimizer: Any = None) -> None:
+    def __init__(self, checkpoints: CheckpointDir, options: Saving, optimizer: Any = None, *,
+                 release_openmp_workers: bool = True) -> None:
         self.checkpoints = checkpoints
         self.options = options
+        self._release_openmp_workers = release_openmp_workers  # see `_lend_a_thread`
         self.last: Checkpoint | None = None
         self.dirty = False
         self.waited_s = 0.0  # how long the loop's thread waited for background copies, in all
@@ -82,7 +84,7 @@ class Saver:
         """Hook the optimizer's step (background saves only): it waits for a copy in flight."""
         if self.options.in_background and self._optimizer is not None and self._hook is None:
             self._hook = self._optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step())
-        if self.options.in_background:
+        if self.options.in_background and self._release_openmp_workers:
             openmp.find_runtime()  # now, not in the first save's stall
 
     def detach(self) -> None:
@@ -181,7 +183,7 @@ class Saver:
             return
         torch.set_num_threads(threads - 1)
         self._lent_from = threads
-        if not on_gpu and threads >= openmp.usable_cpus():
+        if self._release_openmp_workers and not on_gpu and threads >= openmp.usable_cpus():
             # A CPU loop with a torch thread on every core: OpenMP's workers spin on them
             # for ~3 ms after the step, and the writer would wait that long for a core.
             openmp.release_idle_workers()

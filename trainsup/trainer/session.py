@@ -138,7 +138,7 @@ class Session:
         self.steps_in_epoch: int | None = None  # the true optimizer steps of this epoch (set by steps())
         self.step_in_epoch = 0  # 0-based index of the current step in the epoch; after the loop, steps_in_epoch
 
-        self._saver = Saver(self.checkpoints, saving, optimizer)
+        self._saver = Saver(self.checkpoints, saving, optimizer, release_openmp_workers=self.env.release_openmp_workers)
         self._snapshots = Snapshotter(snapshots, self.checkpoint_dir, self.env.run_dir, environ)
         self._heartbeat = HeartbeatWriter(self.env.heartbeat_dir, self.env.rank)
         self._lock = DirLock(self.checkpoint_dir)
